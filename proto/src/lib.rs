@@ -1,0 +1,29 @@
+//! The contract between the Aljex sync filter (edge) and sink (database).
+//!
+//! - [`v1`]: the protobuf messages and, with the `tonic` feature, the gRPC
+//!   client and server of `aljex.sync.v1.SyncSink`.
+//! - [`form`]: decoding an Aljex form body (`application/x-www-form-urlencoded`).
+//! - [`names`], [`action`], [`change`]: the rules both ends must agree on
+//!   (design.md section 3).
+
+pub mod action;
+pub mod change;
+pub mod form;
+pub mod names;
+
+/// Generated protobuf types (and gRPC code with the `tonic` feature).
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/aljex.sync.v1.rs"));
+
+    /// Encoded `FileDescriptorSet` of the contract, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/sync_descriptor.bin"));
+}
+
+/// Full gRPC path of `ApplyChange`, for callers that dispatch raw gRPC (the filter).
+pub const SERVICE_NAME: &str = "aljex.sync.v1.SyncSink";
+/// Method name of `ApplyChange`.
+pub const APPLY_CHANGE_METHOD: &str = "ApplyChange";
+/// Method name of `RecordRejection`.
+pub const RECORD_REJECTION_METHOD: &str = "RecordRejection";

@@ -1,0 +1,56 @@
+//! `aljex-sink`: the command-line entry point.
+
+use std::process::ExitCode;
+
+use aljex_sink::{send, serve};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Receives Aljex data sync into PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, env = "ALJEX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC sink service.
+    Serve(serve::ServeArgs),
+    /// Apply captured form bodies through a running sink.
+    Send(send::SendArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve::serve(args).await.map(|()| 0),
+        Command::Send(args) => send::send(args).await,
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,194 @@
+//! Mirror tables: one PostgreSQL table per Aljex table, every field a TEXT
+//! column, created on first sight and extended when a new field appears.
+//!
+//! DDL runs in its own short transaction under a per-table advisory lock with
+//! `IF NOT EXISTS`, so concurrent first posts (or sink replicas) never fail on
+//! a race. Known columns are cached so the steady state issues no DDL.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::RwLock,
+};
+
+use aljex_proto::names::quote_ident;
+use sqlx::PgPool;
+
+use crate::tables::TableSpec;
+
+/// Internal columns every mirror table has (names start with `_`, which Aljex names cannot).
+pub const INTERNAL_COLUMNS: [&str; 4] = ["_received_at", "_applied_at", "_source", "_deleted_at"];
+
+/// Why a mirror table cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The existing table's primary key differs from the tables configuration.
+    #[error("table {table} has primary key ({actual}) but the tables config says ({configured})")]
+    KeyMismatch {
+        /// Qualified table name.
+        table: String,
+        /// Primary key columns found in the database.
+        actual: String,
+        /// Key columns in the configuration.
+        configured: String,
+    },
+}
+
+/// The mirror schema and what is known of its tables.
+#[derive(Debug)]
+pub struct Mirror {
+    schema: String,
+    known_columns: RwLock<HashMap<String, HashSet<String>>>,
+}
+
+impl Mirror {
+    /// A mirror in `schema` (already validated by the caller).
+    pub fn new(schema: impl Into<String>) -> Self {
+        Mirror {
+            schema: schema.into(),
+            known_columns: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// `"schema"."table"`, quoted for SQL.
+    pub fn qualified(&self, table: &str) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(table))
+    }
+
+    /// Creates the schema if it is missing.
+    pub async fn create_schema(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("aljex-sync schema {}", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(&self.schema)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Drops what is cached about `table` (after an error that suggests the
+    /// table changed behind our back).
+    pub fn forget(&self, table: &str) {
+        self.write_cache().remove(table);
+    }
+
+    /// Makes sure `table` exists with its key and every column in `columns`.
+    pub async fn ensure_columns<'a>(
+        &self,
+        pool: &PgPool,
+        table: &str,
+        spec: &TableSpec,
+        columns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), MirrorError> {
+        let wanted: Vec<&str> = columns.into_iter().collect();
+        let missing: Vec<&str> = match self.read_cache().get(table) {
+            Some(known) => wanted
+                .iter()
+                .copied()
+                .filter(|c| !known.contains(*c))
+                .collect(),
+            None => wanted.clone(),
+        };
+        if missing.is_empty() && self.read_cache().contains_key(table) {
+            return Ok(());
+        }
+        let existing = self.create_or_extend(pool, table, spec, &missing).await?;
+        self.write_cache().insert(table.to_string(), existing);
+        Ok(())
+    }
+
+    async fn create_or_extend(
+        &self,
+        pool: &PgPool,
+        table: &str,
+        spec: &TableSpec,
+        columns: &[&str],
+    ) -> Result<HashSet<String>, MirrorError> {
+        let qualified = self.qualified(table);
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("aljex-sync table {}.{}", self.schema, table))
+            .execute(&mut *tx)
+            .await?;
+        let key_columns: Vec<String> = spec.key.iter().map(|k| quote_ident(k)).collect();
+        let key_defs: String = key_columns
+            .iter()
+            .map(|k| format!("{k} text NOT NULL, "))
+            .collect();
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {qualified} ({key_defs}\
+             \"_received_at\" timestamptz NOT NULL, \
+             \"_applied_at\" timestamptz NOT NULL DEFAULT now(), \
+             \"_source\" text NOT NULL, \
+             \"_deleted_at\" timestamptz, \
+             PRIMARY KEY ({}))",
+            key_columns.join(", ")
+        ))
+        .execute(&mut *tx)
+        .await?;
+
+        let primary_key: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY k.ord",
+        )
+        .bind(&qualified)
+        .fetch_all(&mut *tx)
+        .await?;
+        if primary_key != spec.key {
+            return Err(MirrorError::KeyMismatch {
+                table: format!("{}.{}", self.schema, table),
+                actual: primary_key.join(", "),
+                configured: spec.key.join(", "),
+            });
+        }
+
+        let mut existing: HashSet<String> = sqlx::query_scalar(
+            "SELECT attname::text FROM pg_attribute \
+             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(&qualified)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let additions: Vec<String> = columns
+            .iter()
+            .filter(|c| !existing.contains(**c))
+            .map(|c| format!("ADD COLUMN IF NOT EXISTS {} text", quote_ident(c)))
+            .collect();
+        if !additions.is_empty() {
+            sqlx::query(&format!("ALTER TABLE {qualified} {}", additions.join(", ")))
+                .execute(&mut *tx)
+                .await?;
+            existing.extend(columns.iter().map(|c| c.to_string()));
+        }
+        tx.commit().await?;
+        Ok(existing)
+    }
+
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashSet<String>>> {
+        self.known_columns
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashSet<String>>> {
+        self.known_columns
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

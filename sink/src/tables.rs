@@ -1,0 +1,255 @@
+//! The tables configuration: which columns key each Aljex table and how
+//! deletes are applied. Built-in defaults cover the tables in design.md
+//! section 4; a TOML file (`--tables FILE`) overrides or extends them.
+//!
+//! ```toml
+//! [defaults]
+//! key = ["id"]          # key columns of any table not listed below
+//! delete = "hard"       # "hard" removes the row; "soft" sets _deleted_at
+//!
+//! [tables.spots]
+//! key = ["spot_number"]
+//!
+//! [tables.customers]
+//! delete = "soft"
+//! ```
+
+use std::{collections::BTreeMap, fmt, path::Path};
+
+use aljex_proto::names::normalize_name;
+use serde::Deserialize;
+
+/// How a delete is applied to a mirror table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// The row is removed.
+    Hard,
+    /// The row stays with `_deleted_at` set; a later upsert revives it.
+    Soft,
+}
+
+impl DeleteMode {
+    /// `hard` or `soft`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteMode::Hard => "hard",
+            DeleteMode::Soft => "soft",
+        }
+    }
+}
+
+/// Settings of one mirror table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// Key columns (folded names), at least one.
+    pub key: Vec<String>,
+    /// What a delete does.
+    pub delete: DeleteMode,
+}
+
+/// Per-table settings with a default for tables not listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablesConfig {
+    defaults: TableSpec,
+    tables: BTreeMap<String, TableSpec>,
+}
+
+/// A tables configuration that cannot be used; says which key is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TablesConfigError {
+    /// Could not read the file.
+    #[error("cannot read tables config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown/mistyped key.
+    #[error("tables config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the TOML parser said, with line and key.
+        message: String,
+    },
+    /// A value breaks a rule.
+    #[error("tables config {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Dotted path of the bad key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    key: Option<Vec<String>>,
+    delete: Option<DeleteMode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    defaults: FileSpec,
+    #[serde(default)]
+    tables: BTreeMap<String, FileSpec>,
+}
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        let defaults = TableSpec {
+            key: vec!["id".to_string()],
+            delete: DeleteMode::Hard,
+        };
+        let keyed = |column: &str| TableSpec {
+            key: vec![column.to_string()],
+            delete: DeleteMode::Hard,
+        };
+        let tables = BTreeMap::from([
+            ("spots".to_string(), keyed("spot_number")),
+            ("invoicing".to_string(), keyed("pro_num")),
+        ]);
+        TablesConfig { defaults, tables }
+    }
+}
+
+impl TablesConfig {
+    /// Reads a TOML file over the built-in defaults.
+    pub fn from_file(path: &Path) -> Result<Self, TablesConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TablesConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &shown)
+    }
+
+    /// Parses TOML text over the built-in defaults; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, TablesConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|err| TablesConfigError::Parse {
+            path: origin.to_string(),
+            message: err.to_string().trim().replace('\n', " "),
+        })?;
+        let invalid = |key: String, message: String| TablesConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            message,
+        };
+        let mut config = TablesConfig::default();
+        config.defaults =
+            merge(&config.defaults, file.defaults, "defaults").map_err(|(k, m)| invalid(k, m))?;
+        for (raw_name, spec) in file.tables {
+            let name = normalize_name(&raw_name)
+                .map_err(|err| invalid(format!("tables.{raw_name}"), err.to_string()))?;
+            let base = config
+                .tables
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| config.defaults.clone());
+            let merged = merge(&base, spec, &format!("tables.{raw_name}"))
+                .map_err(|(k, m)| invalid(k, m))?;
+            config.tables.insert(name, merged);
+        }
+        Ok(config)
+    }
+
+    /// The settings of `table` (a folded name).
+    pub fn spec(&self, table: &str) -> &TableSpec {
+        self.tables.get(table).unwrap_or(&self.defaults)
+    }
+
+    /// Tables with their own settings, for display.
+    pub fn listed(&self) -> impl Iterator<Item = (&str, &TableSpec)> {
+        self.tables.iter().map(|(name, spec)| (name.as_str(), spec))
+    }
+}
+
+fn merge(base: &TableSpec, file: FileSpec, at: &str) -> Result<TableSpec, (String, String)> {
+    let key = match file.key {
+        None => base.key.clone(),
+        Some(columns) if columns.is_empty() => {
+            return Err((format!("{at}.key"), "needs at least one column".to_string()))
+        }
+        Some(columns) => {
+            let mut folded = Vec::with_capacity(columns.len());
+            for column in columns {
+                let name = normalize_name(&column)
+                    .map_err(|err| (format!("{at}.key"), err.to_string()))?;
+                if folded.contains(&name) {
+                    return Err((format!("{at}.key"), format!("column {name:?} listed twice")));
+                }
+                folded.push(name);
+            }
+            folded
+        }
+    };
+    Ok(TableSpec {
+        key,
+        delete: file.delete.unwrap_or(base.delete),
+    })
+}
+
+impl fmt::Display for TableSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "key ({}), {} delete",
+            self.key.join(", "),
+            self.delete.as_str()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults() {
+        let config = TablesConfig::default();
+        assert_eq!(config.spec("loads").key, ["id"]);
+        assert_eq!(config.spec("spots").key, ["spot_number"]);
+        assert_eq!(config.spec("invoicing").key, ["pro_num"]);
+        assert_eq!(config.spec("loads").delete, DeleteMode::Hard);
+    }
+
+    #[test]
+    fn file_overrides_and_extends() {
+        let config = TablesConfig::from_toml(
+            "[defaults]\ndelete = \"soft\"\n[tables.Customers]\nkey = [\"ID\"]\n[tables.spots]\ndelete = \"hard\"\n[tables.rates]\nkey = [\"lane\", \"carrier\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.spec("loads").delete, DeleteMode::Soft);
+        assert_eq!(config.spec("customers").key, ["id"]);
+        assert_eq!(config.spec("customers").delete, DeleteMode::Soft);
+        assert_eq!(config.spec("spots").key, ["spot_number"]);
+        assert_eq!(config.spec("spots").delete, DeleteMode::Hard);
+        assert_eq!(config.spec("rates").key, ["lane", "carrier"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err =
+            TablesConfig::from_toml("[tables.loads]\nkee = [\"id\"]\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("kee"), "{err}");
+        let err =
+            TablesConfig::from_toml("[tables.loads]\ndelete = \"maybe\"\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
+        let err = TablesConfig::from_toml("[tables.loads]\nkey = []\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("tables.loads.key"), "{err}");
+        let err = TablesConfig::from_toml("[tables.\"bad-name\"]\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("tables.bad-name"), "{err}");
+        let err = TablesConfig::from_toml("[tables.t]\nkey = [\"_x\"]\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("tables.t.key"), "{err}");
+        let err = TablesConfig::from_toml("[oops]\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("oops"), "{err}");
+    }
+}

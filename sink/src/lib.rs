@@ -2,6 +2,7 @@
 //! mirror tables in PostgreSQL.
 
 pub mod apply;
+pub mod hash_password;
 pub mod metrics;
 pub mod mirror;
 pub mod rejections;

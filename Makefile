@@ -1,16 +1,20 @@
 # Aljex sync receiver. The two commands a newcomer needs:
-#   make run    start PostgreSQL, the sink (and Envoy) locally on embedded defaults
+#   make run    start PostgreSQL, the sink and Envoy locally on embedded defaults
 #   make test   fmt check, clippy, and every test against real PostgreSQL/Envoy/OpenSSH
 
 SHELL := /bin/bash
 CARGO ?= cargo
+WASM := target/wasm32-wasip1/release/aljex_filter.wasm
 
-.PHONY: run test deps build lint fmt clean-data
+.PHONY: run test deps build wasm lint fmt bench-live clean-data
 
 deps:
 	scripts/install-deps
 
-build: deps
+wasm: deps
+	$(CARGO) build -p aljex-filter --target wasm32-wasip1 --release
+
+build: wasm
 	$(CARGO) build --release --bins
 
 run: build
@@ -19,10 +23,14 @@ run: build
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p aljex-filter --target wasm32-wasip1 -- -D warnings
 
-test: lint
+test: lint wasm
 	$(CARGO) build --workspace --bins
 	scripts/with-test-db $(CARGO) test --workspace
+
+bench-live: build
+	scripts/with-test-db scripts/bench-live
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,5 +1,5 @@
 -- Internal bookkeeping of the Aljex sync receiver.
-CREATE SCHEMA IF NOT EXISTS aljex_sync;
+-- The schema itself is created by the sink before migrating (the migrations table lives in it).
 
 -- Every change applied (or found stale) by the live path, in the same
 -- transaction as the mirror-table write.

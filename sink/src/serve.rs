@@ -1,15 +1,21 @@
 //! `aljex-sink serve`: the gRPC server with health, reflection, metrics and
 //! graceful shutdown.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use aljex_proto::{names::normalize_name, v1::sync_sink_server::SyncSinkServer};
 use anyhow::{bail, Context};
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
 use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 
 use crate::{metrics, mirror::Mirror, service::SyncSinkService, tables::TablesConfig};
+
+/// Schema of the sink's own tables (change log, rejections, tombstones, migrations).
+pub const INTERNAL_SCHEMA: &str = "aljex_sync";
 
 /// Flags of `aljex-sink serve` (each also read from an environment variable).
 #[derive(Debug, Clone, clap::Args)]
@@ -65,16 +71,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%listen, "metrics at /metrics");
     }
 
-    let pool = PgPoolOptions::new()
-        .max_connections(args.db_max_connections)
-        .acquire_timeout(Duration::from_secs_f64(args.db_acquire_timeout))
-        .connect(&args.database_url)
-        .await
-        .context("cannot connect to PostgreSQL (--database-url / DATABASE_URL)")?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("cannot migrate the aljex_sync schema")?;
+    let pool = connect(&args).await?;
     let mirror = Arc::new(Mirror::new(schema));
     mirror.create_schema(&pool).await?;
 
@@ -132,6 +129,41 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects the pool and brings the `aljex_sync` schema up to date.
+///
+/// Every connection's `search_path` is `aljex_sync`, so the migrations table
+/// lives there too, whatever schemas the database user's name shadows. All
+/// other SQL names its schema.
+async fn connect(args: &ServeArgs) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(&args.database_url)
+        .context("--database-url / DATABASE_URL is not a PostgreSQL URL")?
+        .options([("search_path", INTERNAL_SCHEMA)]);
+    let pool = PgPoolOptions::new()
+        .max_connections(args.db_max_connections)
+        .acquire_timeout(Duration::from_secs_f64(args.db_acquire_timeout))
+        .connect_with(options)
+        .await
+        .context("cannot connect to PostgreSQL (--database-url / DATABASE_URL)")?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('aljex-sync schema aljex_sync', 0))",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {INTERNAL_SCHEMA}"))
+        .execute(&mut *tx)
+        .await
+        .context(
+            "cannot create the aljex_sync schema (does the user have CREATE on the database?)",
+        )?;
+    tx.commit().await?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("cannot migrate the aljex_sync schema")?;
+    Ok(pool)
 }
 
 fn tokio_stream_listener(

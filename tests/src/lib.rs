@@ -117,7 +117,6 @@ impl SinkProcess {
         let mut child = Command::new(binary("aljex-sink"))
             .args(["serve", "--grpc-listen", &format!("127.0.0.1:{port}")])
             .args(["--schema", schema, "--metrics-listen", "off"])
-            .args(["--db-acquire-timeout", "0.5"])
             .args(extra_args)
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
@@ -241,3 +240,6 @@ fn run_pg_cluster(args: &[&str]) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
+
+pub mod envoy;
+pub mod https;

@@ -607,7 +607,9 @@ async fn a_bad_tables_config_stops_start_up_naming_the_key() {
 #[tokio::test]
 async fn postgres_stopped_mid_run_gives_unavailable_and_loses_nothing_acknowledged() {
     let cluster = PrivateCluster::start().unwrap();
-    let sink = SinkProcess::start(&cluster.url, &[]).await.unwrap();
+    let sink = SinkProcess::start(&cluster.url, &["--db-acquire-timeout", "0.5"])
+        .await
+        .unwrap();
     let mut client = sink.client().await;
     let s = sink.schema.clone();
 

@@ -30,6 +30,7 @@ test: lint wasm
 	scripts/with-test-db $(CARGO) test --workspace
 
 bench-live: build
+	$(CARGO) build --release -p aljex-tests --bin bench-sql
 	scripts/with-test-db scripts/bench-live
 
 fmt:

@@ -4,7 +4,7 @@
 use aljex_proto::{action::Action, change::ValidChange, names::quote_ident, v1::Outcome};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::{PgConnection, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::{
     mirror::Mirror,
@@ -53,74 +53,124 @@ pub fn key_values(change: &ValidChange, spec: &TableSpec) -> Result<Vec<String>,
         .collect()
 }
 
-/// Applies `change` inside the caller's transaction and logs it; the caller commits.
+/// Applies `change` and logs it atomically; returns once committed.
+///
+/// An upsert is one statement (mirror write and change-log row together, in
+/// autocommit: one round trip). A delete needs a few statements in a transaction.
 pub async fn apply_change(
-    tx: &mut PgConnection,
+    pool: &PgPool,
     mirror: &Mirror,
     spec: &TableSpec,
     change: &ValidChange,
     key: &[String],
     meta: &ChangeMeta,
 ) -> Result<Outcome, sqlx::Error> {
-    let outcome = match change.action {
-        Action::Upsert => upsert(tx, mirror, spec, change, key, meta).await?,
-        Action::Delete => delete(tx, mirror, spec, change, key, meta).await?,
-    };
-    log_change(tx, mirror, change, key, meta, outcome).await?;
-    Ok(outcome)
+    match change.action {
+        Action::Upsert => upsert(pool, mirror, spec, change, key, meta).await,
+        Action::Delete => {
+            let mut tx = pool.begin().await?;
+            let outcome = delete(&mut tx, mirror, spec, change, key, meta).await?;
+            log_change(&mut tx, mirror, change, key, meta, outcome).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        }
+    }
 }
 
 async fn upsert(
-    tx: &mut PgConnection,
+    pool: &PgPool,
     mirror: &Mirror,
     spec: &TableSpec,
     change: &ValidChange,
     key: &[String],
     meta: &ChangeMeta,
 ) -> Result<Outcome, sqlx::Error> {
-    let columns: Vec<String> = change.fields.iter().map(|(n, _)| quote_ident(n)).collect();
-    let n = columns.len();
-    let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
-    let updates: String = columns
-        .iter()
-        .filter(|c| !spec.key.iter().any(|k| quote_ident(k) == **c))
-        .map(|c| format!("{c} = EXCLUDED.{c}, "))
-        .collect();
-    let sql = format!(
-        "INSERT INTO {table} AS m ({columns}, \"_received_at\", \"_applied_at\", \"_source\", \"_deleted_at\") \
-         SELECT {placeholders}, ${r}, now(), 'live', NULL \
-         WHERE NOT EXISTS (SELECT 1 FROM aljex_sync.tombstones t \
-             WHERE t.schema_name = ${s} AND t.table_name = ${t} AND t.key = ${k} AND t.received_at > ${r}) \
-         ON CONFLICT ({key_columns}) DO UPDATE SET {updates}\
-             \"_received_at\" = EXCLUDED.\"_received_at\", \"_applied_at\" = EXCLUDED.\"_applied_at\", \
-             \"_source\" = EXCLUDED.\"_source\", \"_deleted_at\" = NULL \
-         WHERE m.\"_received_at\" <= EXCLUDED.\"_received_at\" \
-         RETURNING 1",
-        table = mirror.qualified(&change.table),
-        columns = columns.join(", "),
-        placeholders = placeholders.join(", "),
-        r = n + 1,
-        s = n + 2,
-        t = n + 3,
-        k = n + 4,
-        key_columns = key_column_list(spec),
-    );
-    let mut query = sqlx::query(&sql);
-    for (_, value) in &change.fields {
-        query = query.bind(value);
-    }
-    let written = query
+    let values: Vec<&str> = change.fields.iter().map(|(_, v)| v.as_str()).collect();
+    let sql = mirror.upsert_statement(&change.table, &change.fields, |columns| {
+        upsert_sql(mirror, spec, &change.table, columns)
+    });
+    let written = sqlx::query_scalar::<_, bool>(&sql)
+        .bind(&values)
         .bind(meta.received_at)
         .bind(mirror.schema())
         .bind(&change.table)
         .bind(key)
-        .fetch_optional(&mut *tx)
+        .bind(&meta.raw_action)
+        .bind(sqlx::types::Json(FieldsObject(&change.fields)))
+        .bind(&meta.request_id)
+        .bind(&meta.client_ip)
+        .fetch_one(pool)
         .await?;
-    Ok(if written.is_some() {
+    Ok(if written {
         Outcome::Applied
     } else {
         Outcome::Stale
     })
+}
+
+/// The upsert statement for `columns` of `table`, with its change-log row.
+///
+/// Parameters: `$1` the values (text[], in `columns` order), `$2` receive
+/// time, `$3` schema, `$4` table, `$5` key (text[]), `$6` raw action, `$7`
+/// fields (JSONB), `$8` request id, `$9` client IP. Inserts unless a newer tombstone
+/// exists; updates only rows received earlier. Returns true when written,
+/// false when stale; the change log says `applied` or `stale` accordingly.
+pub fn upsert_sql(mirror: &Mirror, spec: &TableSpec, table: &str, columns: &[&str]) -> String {
+    let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let placeholders: Vec<String> = (1..=quoted.len()).map(|i| format!("v[{i}]")).collect();
+    let updates: String = columns
+        .iter()
+        .zip(&quoted)
+        .filter(|(name, _)| !spec.key.iter().any(|k| k == *name))
+        .map(|(_, c)| format!("{c} = EXCLUDED.{c}, "))
+        .collect();
+    format!(
+        "WITH written AS (\
+         INSERT INTO {table} AS m ({columns}, \"_received_at\", \"_applied_at\", \"_source\", \"_deleted_at\") \
+         SELECT {placeholders}, $2, now(), 'live', NULL FROM (SELECT $1::text[] AS v) AS input \
+         WHERE NOT EXISTS (SELECT 1 FROM aljex_sync.tombstones t \
+             WHERE t.schema_name = $3 AND t.table_name = $4 AND t.key = $5 AND t.received_at > $2) \
+         ON CONFLICT ({key_columns}) DO UPDATE SET {updates}\
+             \"_received_at\" = EXCLUDED.\"_received_at\", \"_applied_at\" = EXCLUDED.\"_applied_at\", \
+             \"_source\" = EXCLUDED.\"_source\", \"_deleted_at\" = NULL \
+         WHERE m.\"_received_at\" <= EXCLUDED.\"_received_at\" \
+         RETURNING 1) \
+         INSERT INTO aljex_sync.change_log (schema_name, table_name, key, action, raw_action, \
+             fields, received_at, request_id, client_ip, outcome, source) \
+         SELECT $3, $4, $5, 'upsert', $6, $7, $2, $8, $9, \
+             CASE WHEN EXISTS (SELECT 1 FROM written) THEN 'applied' ELSE 'stale' END, 'live' \
+         RETURNING outcome = 'applied'",
+        table = mirror.qualified(table),
+        columns = quoted.join(", "),
+        placeholders = placeholders.join(", "),
+        key_columns = key_column_list(spec),
+    )
+}
+
+/// The change-log insert for deletes: schema, table, key, action, raw action,
+/// fields (JSONB), receive time, request id, client IP, outcome.
+const LOG_CHANGE_SQL: &str =
+    "INSERT INTO aljex_sync.change_log (schema_name, table_name, key, action, raw_action, \
+     fields, received_at, request_id, client_ip, outcome, source) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'live')";
+
+/// Serializes fields as a JSON object in their order, without copying them.
+struct FieldsObject<'a>(&'a [(String, String)]);
+
+impl serde::Serialize for FieldsObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
+/// Every field as a JSON object (folded name to value).
+pub fn fields_json(change: &ValidChange) -> Value {
+    let fields: Map<String, Value> = change
+        .fields
+        .iter()
+        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+        .collect();
+    Value::Object(fields)
 }
 
 async fn delete(
@@ -187,28 +237,19 @@ async fn log_change(
     meta: &ChangeMeta,
     outcome: Outcome,
 ) -> Result<(), sqlx::Error> {
-    let fields: Map<String, Value> = change
-        .fields
-        .iter()
-        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
-        .collect();
-    sqlx::query(
-        "INSERT INTO aljex_sync.change_log (schema_name, table_name, key, action, raw_action, \
-         fields, received_at, request_id, client_ip, outcome, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'live')",
-    )
-    .bind(mirror.schema())
-    .bind(&change.table)
-    .bind(key)
-    .bind(change.action.as_str())
-    .bind(&meta.raw_action)
-    .bind(sqlx::types::Json(Value::Object(fields)))
-    .bind(meta.received_at)
-    .bind(&meta.request_id)
-    .bind(&meta.client_ip)
-    .bind(outcome_label(outcome))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(LOG_CHANGE_SQL)
+        .bind(mirror.schema())
+        .bind(&change.table)
+        .bind(key)
+        .bind(change.action.as_str())
+        .bind(&meta.raw_action)
+        .bind(sqlx::types::Json(FieldsObject(&change.fields)))
+        .bind(meta.received_at)
+        .bind(&meta.request_id)
+        .bind(&meta.client_ip)
+        .bind(outcome_label(outcome))
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::RwLock,
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
 use aljex_proto::names::quote_ident;
@@ -41,6 +41,19 @@ pub enum MirrorError {
 pub struct Mirror {
     schema: String,
     known_columns: RwLock<HashMap<String, HashSet<String>>>,
+    statements: RwLock<HashMap<String, Arc<str>>>,
+}
+
+/// Most distinct upsert statements kept (tables x column sets seen).
+const STATEMENT_CACHE_CAPACITY: usize = 512;
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Mirror {
@@ -49,6 +62,7 @@ impl Mirror {
         Mirror {
             schema: schema.into(),
             known_columns: RwLock::new(HashMap::new()),
+            statements: RwLock::new(HashMap::new()),
         }
     }
 
@@ -76,6 +90,33 @@ impl Mirror {
         .execute(&mut *tx)
         .await?;
         tx.commit().await
+    }
+
+    /// The upsert statement of `table` for these fields' columns, built by
+    /// `build` on first use and cached (SQL for wide tables is large to build).
+    pub fn upsert_statement(
+        &self,
+        table: &str,
+        fields: &[(String, String)],
+        build: impl FnOnce(&[&str]) -> String,
+    ) -> Arc<str> {
+        let mut cache_key = String::with_capacity(table.len() + fields.len() * 16);
+        cache_key.push_str(table);
+        for (name, _) in fields {
+            cache_key.push(',');
+            cache_key.push_str(name);
+        }
+        if let Some(sql) = read(&self.statements).get(&cache_key) {
+            return sql.clone();
+        }
+        let columns: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        let sql: Arc<str> = build(&columns).into();
+        let mut statements = write(&self.statements);
+        if statements.len() >= STATEMENT_CACHE_CAPACITY {
+            statements.clear();
+        }
+        statements.insert(cache_key, sql.clone());
+        sql
     }
 
     /// Drops what is cached about `table` (after an error that suggests the
@@ -180,15 +221,11 @@ impl Mirror {
         Ok(existing)
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashSet<String>>> {
-        self.known_columns
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn read_cache(&self) -> RwLockReadGuard<'_, HashMap<String, HashSet<String>>> {
+        read(&self.known_columns)
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashSet<String>>> {
-        self.known_columns
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn write_cache(&self) -> RwLockWriteGuard<'_, HashMap<String, HashSet<String>>> {
+        write(&self.known_columns)
     }
 }

@@ -143,6 +143,8 @@ async fn connect(args: &ServeArgs) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(args.db_max_connections)
         .acquire_timeout(Duration::from_secs_f64(args.db_acquire_timeout))
+        // A broken connection fails its statement and is dropped; no ping per acquire.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL (--database-url / DATABASE_URL)")?;
@@ -166,10 +168,18 @@ async fn connect(args: &ServeArgs) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Accepted connections with TCP_NODELAY: replies are small, and Nagle's
+/// algorithm with delayed ACKs would hold some of them for ~40 ms.
 fn tokio_stream_listener(
     listener: tokio::net::TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    })
 }
 
 /// Reports NOT_SERVING on the health service while the database is unreachable.

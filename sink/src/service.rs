@@ -67,10 +67,7 @@ impl SyncSinkService {
         self.mirror
             .ensure_columns(&self.pool, &change.table, spec, columns)
             .await?;
-        let mut tx = self.pool.begin().await?;
-        let outcome = apply_change(&mut tx, &self.mirror, spec, change, key, meta).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        Ok(apply_change(&self.pool, &self.mirror, spec, change, key, meta).await?)
     }
 
     /// Applies once, and once more if the table changed behind the cache's back.

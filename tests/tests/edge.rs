@@ -411,3 +411,37 @@ async fn a_plaintext_password_in_the_config_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_documented_snippet_is_a_valid_envoy_config() {
+    let snippet =
+        std::fs::read_to_string(aljex_tests::repo_root().join("envoy/snippet.yaml")).unwrap();
+    let (listener, cluster) = snippet
+        .split_once("# (2)")
+        .expect("snippet has the cluster part");
+    let indent = |text: &str| {
+        text.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let (cert, key) = aljex_tests::envoy::test_certificate();
+    let wasm = aljex_tests::envoy::filter_wasm();
+    let config = format!(
+        "static_resources:\n  listeners:\n{}  clusters:\n{}",
+        indent(listener),
+        indent(&format!("# (2){cluster}"))
+    )
+    .replace("/etc/envoy/tls/fullchain.pem", &cert.to_string_lossy())
+    .replace("/etc/envoy/tls/privkey.pem", &key.to_string_lossy())
+    .replace("/etc/envoy/aljex_filter.wasm", &wasm.to_string_lossy())
+    .replace(
+        "port_value: 8443",
+        &format!("port_value: {}", aljex_tests::free_port()),
+    )
+    .replace(
+        "$argon2id$v=19$m=19456,t=2,p=1$...output of aljex-sink hash-password...",
+        password_hash(),
+    );
+    let (ok, output) = aljex_tests::envoy::envoy_validate(&config);
+    assert!(ok, "{output}");
+}

@@ -2,7 +2,9 @@
 //! mirror tables in PostgreSQL.
 
 pub mod apply;
+pub mod db;
 pub mod hash_password;
+pub mod ingest;
 pub mod metrics;
 pub mod mirror;
 pub mod rejections;

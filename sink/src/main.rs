@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use aljex_sink::{hash_password, send, serve};
+use aljex_sink::{hash_password, ingest, send, serve};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Apply captured form bodies through a running sink.
     Send(send::SendArgs),
+    /// Ingest morning CSV files once (the same code path as the inbox watcher).
+    Ingest(ingest::cli::IngestArgs),
     /// Print the argon2id hash of a password (read from stdin or a prompt) for the filter config.
     HashPassword,
 }
@@ -34,6 +36,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::serve(args).await.map(|()| 0),
         Command::Send(args) => send::send(args).await,
+        Command::Ingest(args) => ingest::cli::run(args).await,
         Command::HashPassword => hash_password::hash_password().map(|()| 0),
     };
     match result {

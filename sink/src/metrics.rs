@@ -16,6 +16,13 @@ pub const POOL_CONNECTIONS: &str = "aljex_sink_db_pool_connections";
 /// Configured maximum of database pool connections.
 pub const POOL_MAX: &str = "aljex_sink_db_pool_max_connections";
 
+/// Morning files ingested, by `table` and `status`.
+pub const INGEST_RUNS: &str = "aljex_sink_ingest_runs_total";
+/// Morning rows, by `table` and `kind` (read, inserted, updated, deleted, rejected).
+pub const INGEST_ROWS: &str = "aljex_sink_ingest_rows_total";
+/// Seconds per morning file, by `table`.
+pub const INGEST_SECONDS: &str = "aljex_sink_ingest_seconds";
+
 /// Starts the `/metrics` HTTP listener on `listen` and describes every metric.
 pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     PrometheusBuilder::new()
@@ -43,5 +50,12 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     );
     describe_gauge!(POOL_CONNECTIONS, "Database pool connections by state.");
     describe_gauge!(POOL_MAX, "Configured maximum database pool connections.");
+    describe_counter!(INGEST_RUNS, "Morning files ingested, by table and status.");
+    describe_counter!(INGEST_ROWS, "Morning rows by table and kind.");
+    describe_histogram!(
+        INGEST_SECONDS,
+        Unit::Seconds,
+        "Time to ingest one morning file."
+    );
     Ok(())
 }

@@ -1,63 +1,49 @@
 //! `aljex-sink serve`: the gRPC server with health, reflection, metrics and
 //! graceful shutdown.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use aljex_proto::{names::normalize_name, v1::sync_sink_server::SyncSinkServer};
+use aljex_proto::v1::sync_sink_server::SyncSinkServer;
 use anyhow::{bail, Context};
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
-};
+use sqlx::PgPool;
 use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 
-use crate::{metrics, mirror::Mirror, service::SyncSinkService, tables::TablesConfig};
-
-/// Schema of the sink's own tables (change log, rejections, tombstones, migrations).
-pub const INTERNAL_SCHEMA: &str = "aljex_sync";
+use crate::{
+    db::DbArgs,
+    ingest::{inbox::Inbox, load::IngestContext},
+    metrics,
+    mirror::Mirror,
+    service::SyncSinkService,
+};
 
 /// Flags of `aljex-sink serve` (each also read from an environment variable).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    /// Database, schema and tables config.
+    #[command(flatten)]
+    pub db: DbArgs,
     /// Address of the gRPC server.
     #[arg(long, env = "ALJEX_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub grpc_listen: SocketAddr,
-    /// Schema of the mirror tables.
-    #[arg(long, env = "ALJEX_SCHEMA", default_value = "aljex")]
-    pub schema: String,
-    /// Tables config (TOML): key columns and delete mode per table. Built-in defaults when absent.
-    #[arg(long, env = "ALJEX_TABLES")]
-    pub tables: Option<PathBuf>,
     /// Address of the Prometheus `/metrics` endpoint, or `off`.
     #[arg(long, env = "ALJEX_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: String,
-    /// Most database connections in the pool.
-    #[arg(long, env = "ALJEX_DB_MAX_CONNECTIONS", default_value_t = 16)]
-    pub db_max_connections: u32,
-    /// Seconds to wait for a database connection before answering UNAVAILABLE.
-    #[arg(long, env = "ALJEX_DB_ACQUIRE_TIMEOUT", default_value_t = 5.0)]
-    pub db_acquire_timeout: f64,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "ALJEX_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
+    /// Folder where Aljex uploads the morning CSV files (morning sync is off without it).
+    #[arg(long, env = "ALJEX_INBOX")]
+    pub inbox: Option<PathBuf>,
+    /// Seconds a file's size and mtime must stay unchanged before it is ingested.
+    #[arg(long, env = "ALJEX_SETTLE", default_value_t = 5.0)]
+    pub settle: f64,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let schema = normalize_name(&args.schema).context("--schema / ALJEX_SCHEMA")?;
-    let tables = match &args.tables {
-        Some(path) => TablesConfig::from_file(path)?,
-        None => TablesConfig::default(),
-    };
-    if !(args.db_acquire_timeout > 0.0 && args.db_acquire_timeout <= 3600.0) {
-        bail!("--db-acquire-timeout / ALJEX_DB_ACQUIRE_TIMEOUT must be between 0 and 3600 seconds");
-    }
-    if args.db_max_connections == 0 {
-        bail!("--db-max-connections / ALJEX_DB_MAX_CONNECTIONS must be at least 1");
+    if !(args.settle >= 0.0 && args.settle <= 86_400.0) {
+        bail!("--settle / ALJEX_SETTLE must be between 0 and 86400 seconds");
     }
     if args.metrics_listen != "off" {
         let listen: SocketAddr = args.metrics_listen.parse().with_context(|| {
@@ -67,15 +53,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
         metrics::install_exporter(listen)?;
-        ::metrics::gauge!(metrics::POOL_MAX).set(f64::from(args.db_max_connections));
+        ::metrics::gauge!(metrics::POOL_MAX).set(f64::from(args.db.db_max_connections));
         tracing::info!(%listen, "metrics at /metrics");
     }
 
-    let pool = connect(&args).await?;
+    let (pool, schema, tables) = args.db.connect().await?;
     let mirror = Arc::new(Mirror::new(schema));
     mirror.create_schema(&pool).await?;
 
-    let service = SyncSinkService::new(pool.clone(), mirror.clone(), Arc::new(tables.clone()));
+    let tables = Arc::new(tables);
+    let service = SyncSinkService::new(pool.clone(), mirror.clone(), tables.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SyncSinkServer<SyncSinkService>>()
@@ -95,6 +82,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         health_reporter,
         stop_rx.clone(),
     ));
+    let inbox = args.inbox.clone().map(|dir| {
+        let inbox = Inbox {
+            dir,
+            settle: Duration::from_secs_f64(args.settle),
+        };
+        let ctx = IngestContext {
+            pool: pool.clone(),
+            mirror: mirror.clone(),
+            tables: tables.clone(),
+        };
+        tokio::spawn(inbox.run(ctx, stop_rx.clone()))
+    });
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -126,46 +125,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     watcher.abort();
+    if let Some(inbox) = inbox {
+        // Finishes the file in hand (its transaction) before stopping.
+        if tokio::time::timeout(Duration::from_secs(args.shutdown_timeout), inbox)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the morning file in progress did not finish in time; it will be re-ingested"
+            );
+        }
+    }
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Connects the pool and brings the `aljex_sync` schema up to date.
-///
-/// Every connection's `search_path` is `aljex_sync`, so the migrations table
-/// lives there too, whatever schemas the database user's name shadows. All
-/// other SQL names its schema.
-async fn connect(args: &ServeArgs) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(&args.database_url)
-        .context("--database-url / DATABASE_URL is not a PostgreSQL URL")?
-        .options([("search_path", INTERNAL_SCHEMA)]);
-    let pool = PgPoolOptions::new()
-        .max_connections(args.db_max_connections)
-        .acquire_timeout(Duration::from_secs_f64(args.db_acquire_timeout))
-        // A broken connection fails its statement and is dropped; no ping per acquire.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await
-        .context("cannot connect to PostgreSQL (--database-url / DATABASE_URL)")?;
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('aljex-sync schema aljex_sync', 0))",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {INTERNAL_SCHEMA}"))
-        .execute(&mut *tx)
-        .await
-        .context(
-            "cannot create the aljex_sync schema (does the user have CREATE on the database?)",
-        )?;
-    tx.commit().await?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("cannot migrate the aljex_sync schema")?;
-    Ok(pool)
 }
 
 /// Accepted connections with TCP_NODELAY: replies are small, and Nagle's

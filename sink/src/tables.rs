@@ -12,6 +12,8 @@
 //!
 //! [tables.customers]
 //! delete = "soft"
+//! mode = "snapshot"     # morning file holds every record ("window": recent ones only)
+//! files = ["customers", "customer_list*"]   # file stems (normalised) that feed this table
 //! ```
 
 use std::{collections::BTreeMap, fmt, path::Path};
@@ -39,17 +41,62 @@ impl DeleteMode {
     }
 }
 
+/// What a morning file of a table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestMode {
+    /// Every record: rows absent from the file are removed.
+    Snapshot,
+    /// Recent records only: nothing is removed.
+    Window,
+}
+
+impl IngestMode {
+    /// `snapshot` or `window`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestMode::Snapshot => "snapshot",
+            IngestMode::Window => "window",
+        }
+    }
+}
+
 /// Settings of one mirror table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {
     /// Key columns (folded names), at least one.
     pub key: Vec<String>,
     /// What a delete does.
     pub delete: DeleteMode,
+    /// What its morning file holds.
+    pub mode: IngestMode,
+    /// Normalised file stems (`*` wildcard) of morning files for this table.
+    pub files: Vec<String>,
+    /// A snapshot with fewer rows than this share of the table's rows is refused.
+    pub min_snapshot_ratio: f64,
+    /// A file with more rejected rows than this share of its rows fails whole.
+    pub max_reject_ratio: f64,
 }
 
+/// The thirteen Aljex morning files and what they hold.
+pub const ALJEX_FILES: [(&str, IngestMode); 13] = [
+    ("employees", IngestMode::Snapshot),
+    ("customers", IngestMode::Snapshot),
+    ("carriers", IngestMode::Snapshot),
+    ("loads", IngestMode::Window),
+    ("payments", IngestMode::Snapshot),
+    ("invoicing", IngestMode::Window),
+    ("payments_received", IngestMode::Window),
+    ("debits", IngestMode::Window),
+    ("credits", IngestMode::Window),
+    ("salesreps", IngestMode::Snapshot),
+    ("quotes", IngestMode::Window),
+    ("payable", IngestMode::Snapshot),
+    ("new_purchases", IngestMode::Window),
+];
+
 /// Per-table settings with a default for tables not listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TablesConfig {
     defaults: TableSpec,
     tables: BTreeMap<String, TableSpec>,
@@ -91,6 +138,10 @@ pub enum TablesConfigError {
 struct FileSpec {
     key: Option<Vec<String>>,
     delete: Option<DeleteMode>,
+    mode: Option<IngestMode>,
+    files: Option<Vec<String>>,
+    min_snapshot_ratio: Option<f64>,
+    max_reject_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,15 +158,34 @@ impl Default for TablesConfig {
         let defaults = TableSpec {
             key: vec!["id".to_string()],
             delete: DeleteMode::Hard,
+            mode: IngestMode::Window,
+            files: Vec::new(),
+            min_snapshot_ratio: 0.5,
+            max_reject_ratio: 0.01,
         };
-        let keyed = |column: &str| TableSpec {
-            key: vec![column.to_string()],
-            delete: DeleteMode::Hard,
-        };
-        let tables = BTreeMap::from([
-            ("spots".to_string(), keyed("spot_number")),
-            ("invoicing".to_string(), keyed("pro_num")),
-        ]);
+        let mut tables = BTreeMap::new();
+        for (name, mode) in ALJEX_FILES {
+            let key = match name {
+                "invoicing" => "pro_num",
+                _ => "id",
+            };
+            tables.insert(
+                name.to_string(),
+                TableSpec {
+                    key: vec![key.to_string()],
+                    mode,
+                    files: vec![name.to_string()],
+                    ..defaults.clone()
+                },
+            );
+        }
+        tables.insert(
+            "spots".to_string(),
+            TableSpec {
+                key: vec!["spot_number".to_string()],
+                ..defaults.clone()
+            },
+        );
         TablesConfig { defaults, tables }
     }
 }
@@ -169,6 +239,19 @@ impl TablesConfig {
     pub fn listed(&self) -> impl Iterator<Item = (&str, &TableSpec)> {
         self.tables.iter().map(|(name, spec)| (name.as_str(), spec))
     }
+
+    /// The table a morning file feeds, from its normalised stem; `None` when
+    /// no table's `files` pattern matches.
+    pub fn table_for_file(&self, stem: &str) -> Option<&str> {
+        self.tables
+            .iter()
+            .find(|(_, spec)| {
+                spec.files
+                    .iter()
+                    .any(|pattern| wildcard_match(pattern, stem))
+            })
+            .map(|(name, _)| name.as_str())
+    }
 }
 
 fn merge(base: &TableSpec, file: FileSpec, at: &str) -> Result<TableSpec, (String, String)> {
@@ -190,10 +273,78 @@ fn merge(base: &TableSpec, file: FileSpec, at: &str) -> Result<TableSpec, (Strin
             folded
         }
     };
+    let ratio = |value: Option<f64>, name: &str, base: f64| match value {
+        None => Ok(base),
+        Some(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Some(_) => Err((
+            format!("{at}.{name}"),
+            "must be between 0 and 1".to_string(),
+        )),
+    };
+    let files = match file.files {
+        None => base.files.clone(),
+        Some(patterns) => patterns
+            .iter()
+            .map(|p| {
+                let normalised = normalize_file_pattern(p);
+                if normalised.is_empty() {
+                    Err((format!("{at}.files"), format!("pattern {p:?} is empty")))
+                } else {
+                    Ok(normalised)
+                }
+            })
+            .collect::<Result<_, _>>()?,
+    };
     Ok(TableSpec {
         key,
         delete: file.delete.unwrap_or(base.delete),
+        mode: file.mode.unwrap_or(base.mode),
+        files,
+        min_snapshot_ratio: ratio(
+            file.min_snapshot_ratio,
+            "min_snapshot_ratio",
+            base.min_snapshot_ratio,
+        )?,
+        max_reject_ratio: ratio(
+            file.max_reject_ratio,
+            "max_reject_ratio",
+            base.max_reject_ratio,
+        )?,
     })
+}
+
+/// A pattern written like a file stem, normalised like one (`*` kept).
+fn normalize_file_pattern(pattern: &str) -> String {
+    pattern
+        .split('*')
+        .map(crate::ingest::names::normalize_stem)
+        .collect::<Vec<_>>()
+        .join("*")
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(mut remaining) = text.strip_prefix(head) else {
+                return false;
+            };
+            if rest.is_empty() {
+                return true;
+            }
+            loop {
+                if wildcard_match(rest, remaining) {
+                    return true;
+                }
+                let mut chars = remaining.chars();
+                if chars.next().is_none() {
+                    return false;
+                }
+                remaining = chars.as_str();
+            }
+        }
+    }
 }
 
 impl fmt::Display for TableSpec {
@@ -233,6 +384,44 @@ mod tests {
         assert_eq!(config.spec("spots").key, ["spot_number"]);
         assert_eq!(config.spec("spots").delete, DeleteMode::Hard);
         assert_eq!(config.spec("rates").key, ["lane", "carrier"]);
+    }
+
+    #[test]
+    fn morning_files_map_to_tables() {
+        let config = TablesConfig::default();
+        assert_eq!(config.table_for_file("loads"), Some("loads"));
+        assert_eq!(
+            config.table_for_file("payments_received"),
+            Some("payments_received")
+        );
+        assert_eq!(config.table_for_file("spots"), None);
+        assert_eq!(config.table_for_file("unknown"), None);
+        assert_eq!(config.spec("customers").mode, IngestMode::Snapshot);
+        assert_eq!(config.spec("loads").mode, IngestMode::Window);
+        assert_eq!(config.spec("invoicing").key, ["pro_num"]);
+        let config = TablesConfig::from_toml(
+            "[tables.rates]\nfiles = [\"Rate Sheet*\"]\nmode = \"snapshot\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.table_for_file("rate_sheet_east"), Some("rates"));
+        assert_eq!(config.table_for_file("rate_sheet"), Some("rates"));
+        assert_eq!(config.table_for_file("rate"), None);
+        let err = TablesConfig::from_toml("[tables.x]\nmin_snapshot_ratio = 2.0\n", "t.toml")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("tables.x.min_snapshot_ratio"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("a*c", "abbbc"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*", "a"));
+        assert!(!wildcard_match("a*c", "abd"));
+        assert!(wildcard_match("*_x_*", "a_x_b"));
     }
 
     #[test]

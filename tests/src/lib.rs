@@ -119,7 +119,7 @@ impl SinkProcess {
             .args(["--schema", schema, "--metrics-listen", "off"])
             .args(extra_args)
             .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,sqlx=error")
             .stdin(Stdio::null())
             .spawn()
             .context("spawn aljex-sink")?;
@@ -243,3 +243,4 @@ fn run_pg_cluster(args: &[&str]) -> anyhow::Result<String> {
 
 pub mod envoy;
 pub mod https;
+pub mod sftp;

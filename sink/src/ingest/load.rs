@@ -143,6 +143,15 @@ pub async fn ingest(ctx: &IngestContext, job: &IngestJob) -> anyhow::Result<Inge
     };
     let spec = table.as_deref().map(|t| ctx.tables.spec(t).clone());
     summary.mode = spec.as_ref().map(|s| s.mode);
+    // A run of the same content left `running` was cut short (the sink stopped).
+    sqlx::query(
+        "UPDATE aljex_sync.ingest_runs SET status = 'interrupted', finished_at = now() \
+         WHERE schema_name = $1 AND sha256 = $2 AND status = 'running'",
+    )
+    .bind(ctx.mirror.schema())
+    .bind(&facts.sha256)
+    .execute(&ctx.pool)
+    .await?;
     summary.run_id = sqlx::query_scalar(
         "INSERT INTO aljex_sync.ingest_runs (file_name, schema_name, table_name, sha256, mode, \
          encoding, bytes, export_time, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running') RETURNING id",

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{
     names::file_stem,
-    reader::{check_row, inspect, open_csv, Header},
+    reader::{check_row, inspect, open_csv, Header, KeyFilter},
 };
 use crate::{
     metrics::{INGEST_ROWS, INGEST_RUNS, INGEST_SECONDS},
@@ -319,11 +319,15 @@ async fn load(
     let key_list = quoted_list(&spec.key, "");
     let stage_keys = quoted_list(&spec.key, "s.");
     if spec.mode == IngestMode::Snapshot {
-        let file_keys: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM pg_temp.aljex_stage) k"
-        ))
-        .fetch_one(&mut *tx)
-        .await?;
+        let file_keys: i64 = if stats.maybe_repeated {
+            sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM pg_temp.aljex_stage) k"
+            ))
+            .fetch_one(&mut *tx)
+            .await?
+        } else {
+            count(stats.keys_staged)
+        };
         let current: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {mirror_table} WHERE \"_deleted_at\" IS NULL"
         ))
@@ -340,22 +344,29 @@ async fn load(
         }
     }
 
-    let merged = match sqlx::query_as::<_, (i64, i64, i64)>(&merge_sql(
+    let sql = merge_sql(
         ctx.mirror.as_ref(),
         table,
         spec,
         &header.columns,
-    ))
-    .bind(job.export_time)
-    .bind(ctx.mirror.schema())
-    .bind(table)
-    .fetch_one(&mut *tx)
-    .await
+        stats.maybe_repeated,
+    );
+    let merged = match sqlx::query_as::<_, (i64, i64, i64)>(&sql)
+        .bind(job.export_time)
+        .bind(ctx.mirror.schema())
+        .bind(table)
+        .fetch_one(&mut *tx)
+        .await
     {
         Ok(merged) => merged,
         Err(err) => return data_failure(err),
     };
     let (distinct, inserted, updated) = merged;
+    let distinct = if stats.maybe_repeated {
+        distinct
+    } else {
+        count(stats.rows_valid)
+    };
     summary.rows_inserted = u64::try_from(inserted).unwrap_or(0);
     summary.rows_updated = u64::try_from(updated).unwrap_or(0);
     summary.rows_unchanged = u64::try_from(distinct - inserted - updated).unwrap_or(0);
@@ -421,11 +432,19 @@ fn quoted_list(columns: &[String], prefix: &str) -> String {
         .join(", ")
 }
 
-/// Rows read and refused while staging.
+/// What staging saw.
 #[derive(Debug, Default, Clone, Copy)]
 struct StageStats {
+    /// Data rows in the file.
     rows_read: u64,
+    /// Rows refused.
     rows_rejected: u64,
+    /// Staged rows: valid ones, plus the keys of refused ones.
+    keys_staged: u64,
+    /// Valid rows staged.
+    rows_valid: u64,
+    /// Whether some key may appear twice (then the merge deduplicates).
+    maybe_repeated: bool,
 }
 
 /// Creates `pg_temp.aljex_stage` and streams the file into it with COPY.
@@ -506,6 +525,7 @@ fn produce(
     let key_only: Vec<bool> = (0..header.columns.len())
         .map(|i| header.key_positions.contains(&i))
         .collect();
+    let mut keys_seen = KeyFilter::default();
     loop {
         match reader.read_record(&mut record) {
             Ok(false) => break,
@@ -519,6 +539,10 @@ fn produce(
             Ok(()) => {
                 let fields = [line_text.as_str(), "f"].into_iter().chain(record.iter());
                 out.write_record(fields).map_err(|e| e.to_string())?;
+                stats.rows_valid += 1;
+                stats.keys_staged += 1;
+                let key = header.key_positions.iter().filter_map(|&p| record.get(p));
+                stats.maybe_repeated |= keys_seen.insert(key);
             }
             Err(reason) => {
                 stats.rows_rejected += 1;
@@ -557,6 +581,8 @@ fn produce(
                         .iter()
                         .all(|k| !k.trim().is_empty() && !k.contains('\0'))
                 {
+                    stats.keys_staged += 1;
+                    stats.maybe_repeated |= keys_seen.insert(keys.iter().copied());
                     let mut keys = keys.into_iter();
                     let fields: Vec<&str> = [line_text.as_str(), "t"]
                         .into_iter()
@@ -597,10 +623,16 @@ fn produce(
     Ok(stats)
 }
 
-/// The merge of the staged rows (last occurrence of each key) into the mirror
-/// table. `$1` export time, `$2` schema, `$3` table. Returns (distinct rows,
-/// inserted, updated).
-fn merge_sql(mirror: &Mirror, table: &str, spec: &TableSpec, columns: &[String]) -> String {
+/// The merge of the staged rows into the mirror table; with `deduplicate`,
+/// only the last occurrence of each key. `$1` export time, `$2` schema, `$3`
+/// table. Returns (distinct rows, or 0 without `deduplicate`; inserted; updated).
+fn merge_sql(
+    mirror: &Mirror,
+    table: &str,
+    spec: &TableSpec,
+    columns: &[String],
+    deduplicate: bool,
+) -> String {
     let all = quoted_list(columns, "");
     let keys = quoted_list(&spec.key, "");
     let src_keys = quoted_list(&spec.key, "src.");
@@ -629,10 +661,24 @@ fn merge_sql(mirror: &Mirror, table: &str, spec: &TableSpec, columns: &[String])
             new.join(", ")
         )
     };
+    let (source, distinct) = if deduplicate {
+        (
+            format!(
+                "WITH src AS MATERIALIZED (SELECT DISTINCT ON ({keys}) {all} FROM pg_temp.aljex_stage \
+                 WHERE NOT \"_rejected\" ORDER BY {keys}, \"_line\" DESC), "
+            ),
+            "(SELECT count(*) FROM src)",
+        )
+    } else {
+        (
+            format!(
+                "WITH src AS NOT MATERIALIZED (SELECT {all} FROM pg_temp.aljex_stage WHERE NOT \"_rejected\"), "
+            ),
+            "0::bigint",
+        )
+    };
     format!(
-        "WITH src AS MATERIALIZED (\
-             SELECT DISTINCT ON ({keys}) {all} FROM pg_temp.aljex_stage WHERE NOT \"_rejected\" \
-             ORDER BY {keys}, \"_line\" DESC), \
+        "{source}\
          merged AS (\
              INSERT INTO {target} AS m ({all}, \"_received_at\", \"_applied_at\", \"_source\", \"_deleted_at\") \
              SELECT {all}, $1, now(), 'morning', NULL FROM src \
@@ -642,7 +688,7 @@ fn merge_sql(mirror: &Mirror, table: &str, spec: &TableSpec, columns: &[String])
                  \"_applied_at\" = EXCLUDED.\"_applied_at\", \"_source\" = 'morning', \"_deleted_at\" = NULL \
              WHERE m.\"_received_at\" <= EXCLUDED.\"_received_at\" AND {changed} \
              RETURNING (xmax = 0) AS inserted) \
-         SELECT (SELECT count(*) FROM src), count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged",
+         SELECT {distinct}, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged",
         target = mirror.qualified(table),
     )
 }

@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/aljex_filter.wasm
 
-.PHONY: run test deps build wasm lint fmt bench-live clean-data
+.PHONY: run test deps build wasm lint fmt bench-live bench-ingest clean-data
 
 deps:
 	scripts/install-deps
@@ -32,6 +32,9 @@ test: lint wasm
 bench-live: build
 	$(CARGO) build --release -p aljex-tests --bin bench-sql
 	scripts/with-test-db scripts/bench-live
+
+bench-ingest: build
+	scripts/with-test-db scripts/bench-ingest
 
 fmt:
 	$(CARGO) fmt --all

@@ -381,7 +381,7 @@ impl SyncRequest {
                     .filter(|outcome| *outcome != Outcome::Unspecified);
                 match (decoded, outcome) {
                     (Some(reply), Some(outcome)) => {
-                        HttpReply::ok(&reply.table, &reply.key, outcome_label(outcome))
+                        HttpReply::ok(&reply.table, &reply.key, outcome.label())
                     }
                     _ => {
                         host.log_warn(&format!(
@@ -424,16 +424,6 @@ impl SyncRequest {
             State::Start => Next::Continue,
             _ => Next::Pause,
         }
-    }
-}
-
-fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Applied => "applied",
-        Outcome::Deleted => "deleted",
-        Outcome::NotFound => "not_found",
-        Outcome::Stale => "stale",
-        Outcome::Unspecified => "unspecified",
     }
 }
 

@@ -27,3 +27,17 @@ pub const SERVICE_NAME: &str = "aljex.sync.v1.SyncSink";
 pub const APPLY_CHANGE_METHOD: &str = "ApplyChange";
 /// Method name of `RecordRejection`.
 pub const RECORD_REJECTION_METHOD: &str = "RecordRejection";
+
+impl v1::Outcome {
+    /// Lower-case label for replies, logs, metrics and the change log
+    /// (`applied`, `deleted`, `not_found`, `stale`).
+    pub fn label(self) -> &'static str {
+        match self {
+            v1::Outcome::Applied => "applied",
+            v1::Outcome::Deleted => "deleted",
+            v1::Outcome::NotFound => "not_found",
+            v1::Outcome::Stale => "stale",
+            v1::Outcome::Unspecified => "unspecified",
+        }
+    }
+}

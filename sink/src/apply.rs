@@ -24,17 +24,6 @@ pub struct ChangeMeta {
     pub client_ip: String,
 }
 
-/// Label of an outcome for the change log, metrics and replies.
-pub fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Applied => "applied",
-        Outcome::Deleted => "deleted",
-        Outcome::NotFound => "not_found",
-        Outcome::Stale => "stale",
-        Outcome::Unspecified => "unspecified",
-    }
-}
-
 /// The key values of `change` under `spec`, or a one-line reason why it has none.
 pub fn key_values(change: &ValidChange, spec: &TableSpec) -> Result<Vec<String>, String> {
     spec.key
@@ -247,7 +236,7 @@ async fn log_change(
         .bind(meta.received_at)
         .bind(&meta.request_id)
         .bind(&meta.client_ip)
-        .bind(outcome_label(outcome))
+        .bind(outcome.label())
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -10,8 +10,6 @@ use aljex_proto::{
 use anyhow::Context;
 use chrono::Utc;
 
-use crate::apply::outcome_label;
-
 /// Flags of `aljex-sink send`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SendArgs {
@@ -52,12 +50,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<usize> {
                         let reply = reply.into_inner();
                         let outcome =
                             Outcome::try_from(reply.outcome).unwrap_or(Outcome::Unspecified);
-                        println!(
-                            "{shown}: {} {} {}",
-                            outcome_label(outcome),
-                            reply.table,
-                            reply.key
-                        );
+                        println!("{shown}: {} {} {}", outcome.label(), reply.table, reply.key);
                     }
                     Err(status) => {
                         failed += 1;

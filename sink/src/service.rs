@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    apply::{apply_change, key_values, outcome_label, ChangeMeta},
+    apply::{apply_change, key_values, ChangeMeta},
     metrics::{APPLY_SECONDS, CHANGES, POOL_CONNECTIONS, REJECTIONS},
     mirror::{Mirror, MirrorError},
     rejections::{record_edge_rejection, record_refused_change},
@@ -152,7 +152,7 @@ impl SyncSink for SyncSinkService {
         self.observe_pool();
         match result {
             Ok(outcome) => {
-                let label = outcome_label(outcome);
+                let label = outcome.label();
                 count(&change.table, change.action.as_str(), label);
                 metrics::histogram!(APPLY_SECONDS, "table" => change.table.clone())
                     .record(started.elapsed().as_secs_f64());

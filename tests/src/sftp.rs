@@ -30,6 +30,16 @@ pub struct SftpServer {
     log: PathBuf,
 }
 
+/// A system tool, by its /usr/sbin path when PATH may not include it.
+fn sbin(tool: &str) -> Command {
+    let path = Path::new("/usr/sbin").join(tool);
+    Command::new(if path.exists() {
+        path
+    } else {
+        PathBuf::from(tool)
+    })
+}
+
 fn run(command: &mut Command) -> anyhow::Result<()> {
     let output = command
         .output()
@@ -53,10 +63,10 @@ fn ensure_user() -> anyhow::Result<()> {
             .unwrap_or(false)
     };
     if !exists("group", "aljex-sync") {
-        run(Command::new("groupadd").arg("aljex-sync"))?;
+        run(sbin("groupadd").arg("aljex-sync"))?;
     }
     if !exists("passwd", SFTP_USER) {
-        run(Command::new("useradd").args([
+        run(sbin("useradd").args([
             "--system",
             "--no-create-home",
             "--shell",
@@ -66,7 +76,7 @@ fn ensure_user() -> anyhow::Result<()> {
             SFTP_USER,
         ]))?;
     }
-    let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn()?;
+    let mut chpasswd = sbin("chpasswd").stdin(Stdio::piped()).spawn()?;
     use std::io::Write;
     writeln!(
         chpasswd.stdin.take().context("stdin")?,

@@ -230,7 +230,7 @@ async fn a_slow_upload_in_pieces_and_a_temporary_name_wait_until_complete() {
         dir.join("carriers.csv").display()
     ))
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(last_run(&db, s, "carriers.csv.filepart").await.is_none());
     assert!(last_run(&db, s, "carriers.csv").await.is_none());
     assert!(
@@ -635,12 +635,13 @@ async fn a_sink_killed_mid_file_leaves_the_table_and_reingests_on_restart() {
     let db = pool(&url).await;
     let dir = scratch();
     let schema = unique_schema("kill");
+    const ROWS: i64 = 300_000;
     let big = dir.join("staging.csv");
     {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
         writeln!(out, "id,a,b,c,d,e,f,g,h,i").unwrap();
-        for i in 0..400_000 {
+        for i in 0..ROWS {
             writeln!(
                 out,
                 "{i},alpha {i},beta,gamma,delta,epsilon,zeta,eta,theta,iota {i}"

@@ -319,6 +319,10 @@ async fn load(
     let key_list = quoted_list(&spec.key, "");
     let stage_keys = quoted_list(&spec.key, "s.");
     if spec.mode == IngestMode::Snapshot {
+        // Statistics for the anti-join that finds rows the snapshot no longer has.
+        sqlx::query("ANALYZE pg_temp.aljex_stage")
+            .execute(&mut *tx)
+            .await?;
         let file_keys: i64 = if stats.maybe_repeated {
             sqlx::query_scalar(&format!(
                 "SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM pg_temp.aljex_stage) k"
@@ -344,20 +348,37 @@ async fn load(
         }
     }
 
-    let sql = merge_sql(
-        ctx.mirror.as_ref(),
-        table,
-        spec,
-        &header.columns,
-        stats.maybe_repeated,
-    );
-    let merged = match sqlx::query_as::<_, (i64, i64, i64)>(&sql)
-        .bind(job.export_time)
-        .bind(ctx.mirror.schema())
-        .bind(table)
-        .fetch_one(&mut *tx)
-        .await
-    {
+    let empty_target: bool =
+        sqlx::query_scalar(&format!("SELECT NOT EXISTS (SELECT 1 FROM {mirror_table})"))
+            .fetch_one(&mut *tx)
+            .await?;
+    let merged = if empty_target && !stats.maybe_repeated {
+        // First load: a plain insert (a live insert racing it fails the
+        // transaction, and the file is retried as an upsert).
+        let sql = insert_sql(ctx.mirror.as_ref(), table, spec, &header.columns);
+        sqlx::query(&sql)
+            .bind(job.export_time)
+            .bind(ctx.mirror.schema())
+            .bind(table)
+            .execute(&mut *tx)
+            .await
+            .map(|done| (0, count(done.rows_affected()), 0))
+    } else {
+        let sql = merge_sql(
+            ctx.mirror.as_ref(),
+            table,
+            spec,
+            &header.columns,
+            stats.maybe_repeated,
+        );
+        sqlx::query_as::<_, (i64, i64, i64)>(&sql)
+            .bind(job.export_time)
+            .bind(ctx.mirror.schema())
+            .bind(table)
+            .fetch_one(&mut *tx)
+            .await
+    };
+    let merged = match merged {
         Ok(merged) => merged,
         Err(err) => return data_failure(err),
     };
@@ -492,9 +513,6 @@ async fn stage(
     match produced {
         Ok(stats) => {
             copy.finish().await?;
-            sqlx::query("ANALYZE pg_temp.aljex_stage")
-                .execute(&mut *tx)
-                .await?;
             Ok(Ok(stats))
         }
         Err(reason) => {
@@ -689,6 +707,21 @@ fn merge_sql(
              WHERE m.\"_received_at\" <= EXCLUDED.\"_received_at\" AND {changed} \
              RETURNING (xmax = 0) AS inserted) \
          SELECT {distinct}, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged",
+        target = mirror.qualified(table),
+    )
+}
+
+/// The first load of an empty mirror table: every staged row inserted, except
+/// keys deleted live after the export time. `$1` export time, `$2` schema, `$3` table.
+fn insert_sql(mirror: &Mirror, table: &str, spec: &TableSpec, columns: &[String]) -> String {
+    let all = quoted_list(columns, "");
+    let src_keys = quoted_list(&spec.key, "src.");
+    format!(
+        "INSERT INTO {target} ({all}, \"_received_at\", \"_applied_at\", \"_source\", \"_deleted_at\") \
+         SELECT {all}, $1, now(), 'morning', NULL FROM pg_temp.aljex_stage src \
+         WHERE NOT src.\"_rejected\" AND NOT EXISTS (SELECT 1 FROM aljex_sync.tombstones t \
+             WHERE t.schema_name = $2 AND t.table_name = $3 AND t.key = ARRAY[{src_keys}]::text[] \
+             AND t.received_at > $1)",
         target = mirror.qualified(table),
     )
 }

@@ -213,8 +213,30 @@ impl TablesConfig {
             message,
         };
         let mut config = TablesConfig::default();
+        let built_in_default_key = config.defaults.key.clone();
+        let (sets_key, sets_delete) = (file.defaults.key.is_some(), file.defaults.delete.is_some());
+        let (sets_min, sets_max) = (
+            file.defaults.min_snapshot_ratio.is_some(),
+            file.defaults.max_reject_ratio.is_some(),
+        );
         config.defaults =
             merge(&config.defaults, file.defaults, "defaults").map_err(|(k, m)| invalid(k, m))?;
+        // [defaults] also applies to the built-in tables, except what is
+        // specific to them (a key other than `id`, the morning mode and files).
+        for spec in config.tables.values_mut() {
+            if sets_key && spec.key == built_in_default_key {
+                spec.key = config.defaults.key.clone();
+            }
+            if sets_delete {
+                spec.delete = config.defaults.delete;
+            }
+            if sets_min {
+                spec.min_snapshot_ratio = config.defaults.min_snapshot_ratio;
+            }
+            if sets_max {
+                spec.max_reject_ratio = config.defaults.max_reject_ratio;
+            }
+        }
         for (raw_name, spec) in file.tables {
             let name = normalize_name(&raw_name)
                 .map_err(|err| invalid(format!("tables.{raw_name}"), err.to_string()))?;

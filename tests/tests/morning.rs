@@ -685,10 +685,10 @@ async fn a_sink_killed_mid_file_leaves_the_table_and_reingests_on_restart() {
         .await
         .unwrap();
     let run = wait_for_run(&db, &schema, "loads.csv", Duration::from_secs(120)).await;
-    assert_eq!((run.0.as_str(), run.1), ("applied", 400_000), "{run:?}");
+    assert_eq!((run.0.as_str(), run.1), ("applied", ROWS), "{run:?}");
     assert_eq!(
         scalar_i64(&db, &format!("SELECT count(*) FROM {schema}.loads")).await,
-        400_000
+        ROWS
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

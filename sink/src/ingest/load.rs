@@ -117,8 +117,13 @@ pub struct IngestSummary {
     pub seconds: f64,
 }
 
-/// A reason to fail the file (not retried).
-struct FileFailure(String);
+/// Why a load did not commit.
+enum FileFailure {
+    /// The file is refused (not retried).
+    Refused(String),
+    /// The direct first load met a repeated key: load again through staging.
+    RepeatedKey,
+}
 
 /// Ingests one file. `Ok` for every data outcome (applied, duplicate,
 /// failed); `Err` only when the database is unavailable, so the caller keeps
@@ -168,8 +173,16 @@ pub async fn ingest(ctx: &IngestContext, job: &IngestJob) -> anyhow::Result<Inge
     .await?;
 
     let outcome = match (table.as_deref(), spec.as_ref()) {
-        (Some(table), Some(spec)) => load(ctx, job, table, spec, &facts.sha256, facts.encoding, &mut summary).await,
-        _ => Ok(Err(FileFailure(format!(
+        (Some(table), Some(spec)) => {
+            let first = load(ctx, job, table, spec, &facts.sha256, facts.encoding, true, &mut summary).await;
+            match first {
+                Ok(Err(FileFailure::RepeatedKey)) => {
+                    load(ctx, job, table, spec, &facts.sha256, facts.encoding, false, &mut summary).await
+                }
+                other => other,
+            }
+        }
+        _ => Ok(Err(FileFailure::Refused(format!(
             "no table for file {:?} (normalised name {:?}); add it to a table's `files` in the tables config",
             job.file_name,
             file_stem(Path::new(&job.file_name))
@@ -177,8 +190,12 @@ pub async fn ingest(ctx: &IngestContext, job: &IngestJob) -> anyhow::Result<Inge
     };
     let status = match outcome? {
         Ok(status) => status,
-        Err(FileFailure(reason)) => {
+        Err(FileFailure::Refused(reason)) => {
             summary.error = Some(reason);
+            RunStatus::Failed
+        }
+        Err(FileFailure::RepeatedKey) => {
+            summary.error = Some("a key repeats in the file".to_string());
             RunStatus::Failed
         }
     };
@@ -232,7 +249,7 @@ fn data_failure(err: sqlx::Error) -> anyhow::Result<Result<RunStatus, FileFailur
     if let sqlx::Error::Database(db) = &err {
         let state = db.code().map(|c| c.into_owned()).unwrap_or_default();
         if state.starts_with("22") || state.starts_with("54") {
-            return Ok(Err(FileFailure(format!(
+            return Ok(Err(FileFailure::Refused(format!(
                 "database refused the file: {}",
                 db.message()
             ))));
@@ -249,6 +266,7 @@ async fn load(
     spec: &TableSpec,
     sha256: &str,
     encoding: &'static encoding_rs::Encoding,
+    allow_direct: bool,
     summary: &mut IngestSummary,
 ) -> anyhow::Result<Result<RunStatus, FileFailure>> {
     if already_applied(&ctx.pool, ctx.mirror.schema(), sha256).await? {
@@ -267,7 +285,7 @@ async fn load(
     .await?;
     let header = match header {
         Ok(header) => header,
-        Err(reason) => return Ok(Err(FileFailure(reason))),
+        Err(reason) => return Ok(Err(FileFailure::Refused(reason))),
     };
     match ctx
         .mirror
@@ -281,7 +299,9 @@ async fn load(
     {
         Ok(()) => {}
         Err(MirrorError::Database(err)) => return data_failure(err),
-        Err(err @ MirrorError::KeyMismatch { .. }) => return Ok(Err(FileFailure(err.to_string()))),
+        Err(err @ MirrorError::KeyMismatch { .. }) => {
+            return Ok(Err(FileFailure::Refused(err.to_string())))
+        }
     }
 
     let mut tx = ctx.pool.begin().await?;
@@ -296,10 +316,38 @@ async fn load(
     if already_applied(&mut *tx, ctx.mirror.schema(), sha256).await? {
         return Ok(Ok(RunStatus::Duplicate));
     }
-    let stats = match stage(&mut tx, job, &header, encoding).await {
+    let mirror_table = ctx.mirror.qualified(table);
+    // First load of an empty table with no newer live delete: COPY straight
+    // into it. A repeated key (or a racing live insert) fails the COPY, and the
+    // file is loaded again through the staging table.
+    let direct = allow_direct
+        && {
+            let sql = format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {mirror_table}) AND NOT EXISTS (SELECT 1 FROM aljex_sync.tombstones \
+             WHERE schema_name = $1 AND table_name = $2 AND received_at > $3)"
+        );
+            sqlx::query_scalar::<_, bool>(&sql)
+                .bind(ctx.mirror.schema())
+                .bind(table)
+                .bind(job.export_time)
+                .fetch_one(&mut *tx)
+                .await?
+        };
+    let target = if direct {
+        CopyTarget::Mirror {
+            table: mirror_table.clone(),
+            received_at: job.export_time.to_rfc3339(),
+        }
+    } else {
+        CopyTarget::Stage
+    };
+    let stats = match copy_file(&mut tx, job, &header, encoding, target).await {
         Ok(Ok(stats)) => stats,
         Ok(Err(failure)) => return Ok(Err(failure)),
         Err(err) => match err.downcast::<sqlx::Error>() {
+            Ok(db) if direct && is_unique_violation(&db) => {
+                return Ok(Err(FileFailure::RepeatedKey))
+            }
             Ok(db) => return data_failure(db),
             Err(other) => return Err(other),
         },
@@ -307,7 +355,7 @@ async fn load(
     summary.rows_read = stats.rows_read;
     summary.rows_rejected = stats.rows_rejected;
     if stats.rows_rejected as f64 > spec.max_reject_ratio * stats.rows_read as f64 {
-        return Ok(Err(FileFailure(format!(
+        return Ok(Err(FileFailure::Refused(format!(
             "{} of {} rows rejected, more than the limit of {}%: nothing applied (see the rejects)",
             stats.rows_rejected,
             stats.rows_read,
@@ -315,7 +363,17 @@ async fn load(
         ))));
     }
 
-    let mirror_table = ctx.mirror.qualified(table);
+    if direct {
+        if spec.mode == IngestMode::Snapshot && stats.keys_staged == 0 && !job.force {
+            return Ok(Err(FileFailure::Refused(
+                "snapshot refused: the file has no rows (use --force to apply it anyway)"
+                    .to_string(),
+            )));
+        }
+        summary.rows_inserted = stats.rows_valid;
+        return commit_applied(tx, summary).await.map(Ok);
+    }
+
     let key_list = quoted_list(&spec.key, "");
     let stage_keys = quoted_list(&spec.key, "s.");
     if spec.mode == IngestMode::Snapshot {
@@ -339,7 +397,7 @@ async fn load(
         .await?;
         let too_small = (file_keys as f64) < spec.min_snapshot_ratio * current as f64;
         if !job.force && (file_keys == 0 || too_small) {
-            return Ok(Err(FileFailure(format!(
+            return Ok(Err(FileFailure::Refused(format!(
                 "snapshot refused: the file has {file_keys} rows and the table {current}; \
                  a snapshot needs at least {} and at least {}% of the table's rows (use --force to apply it anyway)",
                 1,
@@ -411,6 +469,14 @@ async fn load(
         summary.rows_deleted = deleted.rows_affected();
     }
 
+    commit_applied(tx, summary).await.map(Ok)
+}
+
+/// Records the run as applied and commits it with the data.
+async fn commit_applied(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    summary: &mut IngestSummary,
+) -> anyhow::Result<RunStatus> {
     summary.status = Some(RunStatus::Applied);
     sqlx::query(
         "UPDATE aljex_sync.ingest_runs SET status = 'applied', rows_read = $2, rows_inserted = $3, \
@@ -427,7 +493,11 @@ async fn load(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Ok(RunStatus::Applied))
+    Ok(RunStatus::Applied)
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
 async fn already_applied<'e>(
@@ -468,40 +538,68 @@ struct StageStats {
     maybe_repeated: bool,
 }
 
-/// Creates `pg_temp.aljex_stage` and streams the file into it with COPY.
+/// Where COPY sends the rows.
+enum CopyTarget {
+    /// `pg_temp.aljex_stage`, created here; merged afterwards.
+    Stage,
+    /// Straight into the (empty) mirror table, with these internal values.
+    Mirror {
+        /// Qualified table name.
+        table: String,
+        /// `_received_at` of every row (the export time).
+        received_at: String,
+    },
+}
+
+/// Streams the file into `target` with COPY.
 ///
-/// Valid rows are staged whole; a rejected row whose key can be read is staged
-/// as its key only (`_rejected`), so a snapshot does not delete it.
-async fn stage(
+/// Into the staging table, valid rows are staged whole and a rejected row
+/// whose key can be read is staged as its key only (`_rejected`), so a
+/// snapshot does not delete it. Into the mirror table, only valid rows go.
+async fn copy_file(
     tx: &mut PgConnection,
     job: &IngestJob,
     header: &Header,
     encoding: &'static encoding_rs::Encoding,
+    target: CopyTarget,
 ) -> anyhow::Result<Result<StageStats, FileFailure>> {
     let columns = quoted_list(&header.columns, "");
-    let definitions: String = header
-        .columns
-        .iter()
-        .map(|c| format!(", {} text", quote_ident(c)))
-        .collect();
-    sqlx::query(&format!(
-        "CREATE TEMP TABLE aljex_stage (\"_line\" bigint NOT NULL, \"_rejected\" boolean NOT NULL{definitions}) ON COMMIT DROP"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    let statement = match &target {
+        CopyTarget::Stage => {
+            let definitions: String = header
+                .columns
+                .iter()
+                .map(|c| format!(", {} text", quote_ident(c)))
+                .collect();
+            sqlx::query(&format!(
+                "CREATE TEMP TABLE aljex_stage (\"_line\" bigint NOT NULL, \"_rejected\" boolean NOT NULL{definitions}) ON COMMIT DROP"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            format!(
+                "COPY pg_temp.aljex_stage (\"_line\", \"_rejected\", {columns}) FROM STDIN \
+                 WITH (FORMAT csv, FORCE_NOT_NULL ({columns}))"
+            )
+        }
+        CopyTarget::Mirror { table, .. } => format!(
+            "COPY {table} ({columns}, \"_received_at\", \"_source\") FROM STDIN \
+             WITH (FORMAT csv, FORCE_NOT_NULL ({columns}))"
+        ),
+    };
+    let direct = match target {
+        CopyTarget::Stage => None,
+        CopyTarget::Mirror { received_at, .. } => Some(received_at),
+    };
 
     let (sender, mut receiver) = mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
     let producer = {
         let job = job.clone();
         let header = header.clone();
-        tokio::task::spawn_blocking(move || produce(&job, &header, encoding, &sender))
+        tokio::task::spawn_blocking(move || {
+            produce(&job, &header, encoding, direct.as_deref(), &sender)
+        })
     };
-    let mut copy = tx
-        .copy_in_raw(&format!(
-            "COPY pg_temp.aljex_stage (\"_line\", \"_rejected\", {columns}) FROM STDIN \
-             WITH (FORMAT csv, FORCE_NOT_NULL ({columns}))"
-        ))
-        .await?;
+    let mut copy = tx.copy_in_raw(&statement).await?;
     while let Some(chunk) = receiver.recv().await {
         if let Err(err) = copy.send(chunk).await {
             drop(receiver);
@@ -517,7 +615,7 @@ async fn stage(
         }
         Err(reason) => {
             copy.abort("the file could not be read").await?;
-            Ok(Err(FileFailure(reason)))
+            Ok(Err(FileFailure::Refused(reason)))
         }
     }
 }
@@ -527,6 +625,7 @@ fn produce(
     job: &IngestJob,
     header: &Header,
     encoding: &'static encoding_rs::Encoding,
+    direct: Option<&str>,
     sender: &mpsc::Sender<Vec<u8>>,
 ) -> Result<StageStats, String> {
     let mut reader = open_csv(&job.path, encoding).map_err(|e| e.to_string())?;
@@ -555,8 +654,16 @@ fn produce(
         let line_text = line.to_string();
         match check_row(header, &record) {
             Ok(()) => {
-                let fields = [line_text.as_str(), "f"].into_iter().chain(record.iter());
-                out.write_record(fields).map_err(|e| e.to_string())?;
+                match direct {
+                    Some(received_at) => {
+                        let fields = record.iter().chain([received_at, "morning"]);
+                        out.write_record(fields).map_err(|e| e.to_string())?;
+                    }
+                    None => {
+                        let fields = [line_text.as_str(), "f"].into_iter().chain(record.iter());
+                        out.write_record(fields).map_err(|e| e.to_string())?;
+                    }
+                }
                 stats.rows_valid += 1;
                 stats.keys_staged += 1;
                 let key = header.key_positions.iter().filter_map(|&p| record.get(p));
@@ -594,7 +701,8 @@ fn produce(
                     .iter()
                     .filter_map(|&p| record.get(p))
                     .collect();
-                if keys.len() == header.key_positions.len()
+                if direct.is_none()
+                    && keys.len() == header.key_positions.len()
                     && keys
                         .iter()
                         .all(|k| !k.trim().is_empty() && !k.contains('\0'))

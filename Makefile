@@ -27,7 +27,7 @@ lint: deps
 
 test: lint wasm
 	$(CARGO) build --workspace --bins
-	PG_FSYNC=off scripts/with-test-db $(CARGO) test --workspace
+	PG_FSYNC=off scripts/with-test-db $(CARGO) test --workspace -- --test-threads=4
 
 bench-live: build
 	$(CARGO) build --release -p aljex-tests --bin bench-sql

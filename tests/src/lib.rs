@@ -49,6 +49,7 @@ pub fn database_url() -> String {
 pub async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
         .max_connections(4)
+        .acquire_timeout(Duration::from_secs(60))
         .connect(url)
         .await
         .expect("connect to PostgreSQL")

@@ -90,3 +90,16 @@ impl DbArgs {
         Ok(pool)
     }
 }
+
+/// The database's message when an error was caused by the data itself, so
+/// retrying cannot help (SQLSTATE class 22, data exception, e.g. a NUL byte in
+/// text; class 54, program limit, e.g. too many columns). `None` otherwise.
+pub fn data_refusal(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) => {
+            let state = db.code()?;
+            (state.starts_with("22") || state.starts_with("54")).then(|| db.message())
+        }
+        _ => None,
+    }
+}

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     apply::{apply_change, key_values, ChangeMeta},
+    db::data_refusal,
     metrics::{APPLY_SECONDS, CHANGES, POOL_CONNECTIONS, REJECTIONS},
     mirror::{Mirror, MirrorError},
     rejections::{record_edge_rejection, record_refused_change},
@@ -25,25 +26,6 @@ pub struct SyncSinkService {
     pool: PgPool,
     mirror: Arc<Mirror>,
     tables: Arc<TablesConfig>,
-}
-
-/// Why a change was not applied.
-#[derive(Debug)]
-enum ApplyFailure {
-    /// The database failed or the table does not fit the configuration.
-    Mirror(MirrorError),
-}
-
-impl From<sqlx::Error> for ApplyFailure {
-    fn from(err: sqlx::Error) -> Self {
-        ApplyFailure::Mirror(MirrorError::Database(err))
-    }
-}
-
-impl From<MirrorError> for ApplyFailure {
-    fn from(err: MirrorError) -> Self {
-        ApplyFailure::Mirror(err)
-    }
 }
 
 impl SyncSinkService {
@@ -61,7 +43,7 @@ impl SyncSinkService {
         change: &ValidChange,
         key: &[String],
         meta: &ChangeMeta,
-    ) -> Result<aljex_proto::v1::Outcome, ApplyFailure> {
+    ) -> Result<aljex_proto::v1::Outcome, MirrorError> {
         let spec = self.tables.spec(&change.table);
         let columns = change.fields.iter().map(|(name, _)| name.as_str());
         self.mirror
@@ -76,9 +58,9 @@ impl SyncSinkService {
         change: &ValidChange,
         key: &[String],
         meta: &ChangeMeta,
-    ) -> Result<aljex_proto::v1::Outcome, ApplyFailure> {
+    ) -> Result<aljex_proto::v1::Outcome, MirrorError> {
         match self.apply(change, key, meta).await {
-            Err(ApplyFailure::Mirror(MirrorError::Database(err))) if is_schema_drift(&err) => {
+            Err(MirrorError::Database(err)) if is_schema_drift(&err) => {
                 tracing::warn!(table = %change.table, error = %err, "mirror table changed outside the sink; retrying");
                 self.mirror.forget(&change.table);
                 self.apply(change, key, meta).await
@@ -163,15 +145,16 @@ impl SyncSink for SyncSinkService {
                     key: key.join("|"),
                 }))
             }
-            Err(ApplyFailure::Mirror(MirrorError::Database(err))) => {
+            Err(MirrorError::Database(err)) => {
                 count(&change.table, change.action.as_str(), "error");
                 tracing::error!(request_id = %request.request_id, table = %change.table, error = %err, "change not applied");
-                if let Some(reason) = refusal_reason(&err) {
+                if let Some(message) = data_refusal(&err) {
+                    let reason = format!("database refused the change: {message}");
                     return Err(self.refuse(&request, received_at, reason).await);
                 }
                 Err(database_status(&err))
             }
-            Err(ApplyFailure::Mirror(err @ MirrorError::KeyMismatch { .. })) => {
+            Err(err @ MirrorError::KeyMismatch { .. }) => {
                 count(&change.table, change.action.as_str(), "error");
                 tracing::error!(request_id = %request.request_id, error = %err, "change not applied");
                 Err(Status::failed_precondition(err.to_string()))
@@ -222,16 +205,6 @@ fn sqlx_state(err: &sqlx::Error) -> Option<String> {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
     }
-}
-
-/// A database error caused by the data itself (it would fail again): the change is refused.
-fn refusal_reason(err: &sqlx::Error) -> Option<String> {
-    let state = sqlx_state(err)?;
-    // 22: data exception (e.g. a NUL byte in text); 54: program limit (e.g. too many columns).
-    (state.starts_with("22") || state.starts_with("54")).then(|| match err {
-        sqlx::Error::Database(db) => format!("database refused the change: {}", db.message()),
-        _ => "database refused the change".to_string(),
-    })
 }
 
 /// The gRPC status for a database failure: retryable ones are `UNAVAILABLE`.

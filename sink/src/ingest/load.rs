@@ -20,6 +20,7 @@ use super::{
     reader::{check_row, inspect, open_csv, Header, KeyFilter},
 };
 use crate::{
+    db::data_refusal,
     metrics::{INGEST_ROWS, INGEST_RUNS, INGEST_SECONDS},
     mirror::{Mirror, MirrorError},
     tables::{DeleteMode, IngestMode, TableSpec, TablesConfig},
@@ -246,16 +247,12 @@ fn count(value: u64) -> i64 {
 
 /// Counts a refusal by the database caused by the data as a file failure.
 fn data_failure(err: sqlx::Error) -> anyhow::Result<Result<RunStatus, FileFailure>> {
-    if let sqlx::Error::Database(db) = &err {
-        let state = db.code().map(|c| c.into_owned()).unwrap_or_default();
-        if state.starts_with("22") || state.starts_with("54") {
-            return Ok(Err(FileFailure::Refused(format!(
-                "database refused the file: {}",
-                db.message()
-            ))));
-        }
+    match data_refusal(&err) {
+        Some(message) => Ok(Err(FileFailure::Refused(format!(
+            "database refused the file: {message}"
+        )))),
+        None => Err(err.into()),
     }
-    Err(err.into())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,7 +9,7 @@
 use std::{net::IpAddr, rc::Rc, time::Duration};
 
 use aljex_proto::{
-    change::{change_from_form, validate},
+    change::split_form,
     v1::{ChangeReply, Outcome, Rejection},
     APPLY_CHANGE_METHOD, RECORD_REJECTION_METHOD,
 };
@@ -292,20 +292,18 @@ impl SyncRequest {
             return self.refuse(host, 400, "empty body".to_string());
         }
         let config = &self.shared.config;
-        let mut change = match change_from_form(&self.body, config.fallback_charset) {
+        let change = match split_form(&self.body, config.fallback_charset) {
             Ok(change) => change,
             Err(err) => return self.refuse(host, 400, err.to_string()),
         };
-        if let Err(err) = validate(&change) {
+        if let Err(err) = change.validate() {
             return self.refuse(host, 400, err.to_string());
         }
-        change.received_at_unix_micros = self.received_at;
-        change.request_id = self.request_id.clone();
-        change.client_ip = self.client_ip.clone();
+        let message = change.encode_request(self.received_at, &self.request_id, &self.client_ip);
         match host.dispatch_grpc(
             &config.sink_cluster,
             APPLY_CHANGE_METHOD,
-            &change.encode_to_vec(),
+            &message,
             config.sink_timeout,
         ) {
             Ok(token) => {

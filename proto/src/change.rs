@@ -1,14 +1,16 @@
 //! From an Aljex post to a validated change: the envelope (`web_sync_table_name`,
 //! `web_sync_action`) and the name rules, shared by the filter and the sink.
 
-use std::{collections::HashMap, fmt};
+use std::{borrow::Cow, collections::HashMap, fmt};
 
 use encoding_rs::Encoding;
 
+use foldhash::fast::RandomState;
+
 use crate::{
     action::{normalize_action, Action},
-    form,
-    names::{normalize_name, truncate_for_message, NameError},
+    form::{self, FormPair},
+    names::{fold_name, normalize_name, truncate_for_message, NameError},
     v1::{ChangeRequest, Field},
 };
 
@@ -77,6 +79,124 @@ impl fmt::Display for ChangeError {
 
 impl std::error::Error for ChangeError {}
 
+/// A post split into its envelope and fields, borrowing the body wherever
+/// decoding changed nothing. The envelope is checked; names are not (see [`FormChange::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormChange<'a> {
+    /// `web_sync_table_name` as received.
+    pub table: Cow<'a, str>,
+    /// `web_sync_action` as received.
+    pub action: Cow<'a, str>,
+    /// Every other parameter, in order.
+    pub fields: Vec<FormPair<'a>>,
+}
+
+/// Splits a form body into envelope and fields; fails on a missing, empty or repeated envelope parameter.
+pub fn split_form<'a>(
+    body: &'a [u8],
+    fallback: &'static Encoding,
+) -> Result<FormChange<'a>, ChangeError> {
+    let mut table = None;
+    let mut action = None;
+    let mut fields = Vec::with_capacity(body.iter().filter(|&&b| b == b'&').count() + 1);
+    for pair in form::pairs(body, fallback) {
+        let slot = if pair.name.eq_ignore_ascii_case(TABLE_PARAM) {
+            Some((&mut table, TABLE_PARAM))
+        } else if pair.name.eq_ignore_ascii_case(ACTION_PARAM) {
+            Some((&mut action, ACTION_PARAM))
+        } else {
+            None
+        };
+        match slot {
+            Some((slot, param)) => {
+                if slot.replace(pair.value).is_some() {
+                    return Err(ChangeError::RepeatedEnvelope(param));
+                }
+            }
+            None => fields.push(pair),
+        }
+    }
+    let table = table
+        .filter(|t| !t.trim().is_empty())
+        .ok_or(ChangeError::MissingTable)?;
+    let action = action
+        .filter(|a| !a.trim().is_empty())
+        .ok_or(ChangeError::MissingAction)?;
+    Ok(FormChange {
+        table,
+        action,
+        fields,
+    })
+}
+
+impl<'a> FormChange<'a> {
+    /// Applies the name and action rules, as [`validate`] does for a request.
+    pub fn validate(&self) -> Result<ValidChange<'_>, ChangeError> {
+        validate_parts(&self.table, &self.action, &self.fields)
+    }
+
+    /// The change as a [`ChangeRequest`] (receive time, request id and client IP left empty).
+    pub fn into_request(self) -> ChangeRequest {
+        ChangeRequest {
+            table: self.table.into_owned(),
+            action: self.action.into_owned(),
+            fields: self
+                .fields
+                .into_iter()
+                .map(|pair| Field {
+                    name: pair.name.into_owned(),
+                    value: pair.value.into_owned(),
+                })
+                .collect(),
+            ..ChangeRequest::default()
+        }
+    }
+
+    /// The protobuf encoding of the [`ChangeRequest`] for this change, written
+    /// straight from the borrowed text: the same bytes as building the request
+    /// and calling `encode_to_vec`, without copying every name and value first.
+    pub fn encode_request(
+        &self,
+        received_at_unix_micros: i64,
+        request_id: &str,
+        client_ip: &str,
+    ) -> Vec<u8> {
+        let field_len = |pair: &FormPair| string_len(1, &pair.name) + string_len(2, &pair.value);
+        let fields_len: usize = self
+            .fields
+            .iter()
+            .map(|pair| {
+                let len = field_len(pair);
+                1 + varint_len(len as u64) + len
+            })
+            .sum();
+        let mut buf = Vec::with_capacity(
+            string_len(1, &self.table)
+                + string_len(2, &self.action)
+                + fields_len
+                + 1
+                + varint_len(received_at_unix_micros as u64)
+                + string_len(5, request_id)
+                + string_len(6, client_ip),
+        );
+        put_string(&mut buf, 1, &self.table);
+        put_string(&mut buf, 2, &self.action);
+        for pair in &self.fields {
+            put_key(&mut buf, 3, LENGTH_DELIMITED);
+            put_varint(&mut buf, field_len(pair) as u64);
+            put_string(&mut buf, 1, &pair.name);
+            put_string(&mut buf, 2, &pair.value);
+        }
+        if received_at_unix_micros != 0 {
+            put_key(&mut buf, 4, VARINT);
+            put_varint(&mut buf, received_at_unix_micros as u64);
+        }
+        put_string(&mut buf, 5, request_id);
+        put_string(&mut buf, 6, client_ip);
+        buf
+    }
+}
+
 /// Splits a form body into a [`ChangeRequest`]: the envelope parameters become
 /// `table` and `action` (as received), every other parameter a field in order.
 ///
@@ -86,93 +206,140 @@ pub fn change_from_form(
     body: &[u8],
     fallback: &'static Encoding,
 ) -> Result<ChangeRequest, ChangeError> {
-    let mut table = None;
-    let mut action = None;
-    let mut fields = Vec::new();
-    for pair in form::parse(body, fallback) {
-        let slot = match pair.name.to_ascii_lowercase().as_str() {
-            TABLE_PARAM => Some((&mut table, TABLE_PARAM)),
-            ACTION_PARAM => Some((&mut action, ACTION_PARAM)),
-            _ => None,
-        };
-        match slot {
-            Some((slot, param)) => {
-                if slot.replace(pair.value).is_some() {
-                    return Err(ChangeError::RepeatedEnvelope(param));
-                }
-            }
-            None => fields.push(Field {
-                name: pair.name,
-                value: pair.value,
-            }),
-        }
-    }
-    let table = table
-        .filter(|t| !t.trim().is_empty())
-        .ok_or(ChangeError::MissingTable)?;
-    let action = action
-        .filter(|a| !a.trim().is_empty())
-        .ok_or(ChangeError::MissingAction)?;
-    Ok(ChangeRequest {
-        table,
-        action,
-        fields,
-        ..ChangeRequest::default()
-    })
+    split_form(body, fallback).map(FormChange::into_request)
 }
 
-/// A change whose names and action passed the shared rules.
+// Protobuf wire format (proto3: fields with default values are not written),
+// for the one message the filter sends on every request.
+const VARINT: u8 = 0;
+const LENGTH_DELIMITED: u8 = 2;
+
+fn put_key(buf: &mut Vec<u8>, tag: u8, wire_type: u8) {
+    // Tags below 16 fit in one byte.
+    buf.push((tag << 3) | wire_type);
+}
+
+fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_string(buf: &mut Vec<u8>, tag: u8, value: &str) {
+    if !value.is_empty() {
+        put_key(buf, tag, LENGTH_DELIMITED);
+        put_varint(buf, value.len() as u64);
+        buf.extend_from_slice(value.as_bytes());
+    }
+}
+
+fn string_len(_tag: u8, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        1 + varint_len(value.len() as u64) + value.len()
+    }
+}
+
+/// A change whose names and action passed the shared rules. Borrows the
+/// request's text: only names that needed case folding are copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidChange {
+pub struct ValidChange<'a> {
     /// Folded table name.
     pub table: String,
     /// Normalised action.
     pub action: Action,
-    /// Fields with folded names, in the order received; names are unique.
-    pub fields: Vec<(String, String)>,
+    /// Fields (folded name, value) in the order received; names are unique.
+    pub fields: Vec<(Cow<'a, str>, &'a str)>,
 }
 
-impl ValidChange {
+impl ValidChange<'_> {
     /// The value of a (folded) field name.
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    /// The folded field names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.fields.iter().map(|(n, _)| n.as_ref()).collect()
     }
 }
 
 /// Applies the name and action rules of design.md section 3 to a change.
-pub fn validate(change: &ChangeRequest) -> Result<ValidChange, ChangeError> {
-    if change.table.trim().is_empty() {
+pub fn validate(change: &ChangeRequest) -> Result<ValidChange<'_>, ChangeError> {
+    validate_parts(&change.table, &change.action, &change.fields)
+}
+
+/// A received name and value, whichever type carries them.
+trait NamedValue {
+    fn name(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl NamedValue for Field {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl NamedValue for FormPair<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+fn validate_parts<'a>(
+    table: &str,
+    action: &str,
+    fields: &'a [impl NamedValue],
+) -> Result<ValidChange<'a>, ChangeError> {
+    if table.trim().is_empty() {
         return Err(ChangeError::MissingTable);
     }
-    let table = normalize_name(&change.table).map_err(ChangeError::BadTable)?;
-    if change.action.trim().is_empty() {
+    let table = normalize_name(table).map_err(ChangeError::BadTable)?;
+    if action.trim().is_empty() {
         return Err(ChangeError::MissingAction);
     }
-    let action = normalize_action(&change.action)
-        .ok_or_else(|| ChangeError::UnknownAction(change.action.clone()))?;
-    if change.fields.len() > MAX_FIELDS {
-        return Err(ChangeError::TooManyFields(change.fields.len()));
+    let action =
+        normalize_action(action).ok_or_else(|| ChangeError::UnknownAction(action.to_string()))?;
+    if fields.len() > MAX_FIELDS {
+        return Err(ChangeError::TooManyFields(fields.len()));
     }
-    let mut seen: HashMap<String, &str> = HashMap::with_capacity(change.fields.len());
-    let mut fields = Vec::with_capacity(change.fields.len());
-    for field in &change.fields {
-        let name = normalize_name(&field.name).map_err(ChangeError::BadField)?;
-        if let Some(first) = seen.insert(name.clone(), &field.name) {
+    let folded = fields
+        .iter()
+        .map(|field| {
+            let name = fold_name(field.name()).map_err(ChangeError::BadField)?;
+            Ok((name, field.value()))
+        })
+        .collect::<Result<Vec<_>, ChangeError>>()?;
+    let mut seen: HashMap<&str, usize, RandomState> =
+        HashMap::with_capacity_and_hasher(folded.len(), RandomState::default());
+    for (index, (name, _)) in folded.iter().enumerate() {
+        if let Some(first) = seen.insert(name.as_ref(), index) {
+            let spelling = |at: usize| fields.get(at).map(|f| f.name().to_string());
             return Err(ChangeError::DuplicateField {
-                name,
-                first: first.to_string(),
-                second: field.name.clone(),
+                name: name.to_string(),
+                first: spelling(first).unwrap_or_default(),
+                second: spelling(index).unwrap_or_default(),
             });
         }
-        fields.push((name, field.value.clone()));
     }
     Ok(ValidChange {
         table,
         action,
-        fields,
+        fields: folded,
     })
 }
 
@@ -181,8 +348,35 @@ mod tests {
     use super::*;
     use crate::form::default_fallback;
 
-    fn parse(body: &str) -> Result<ValidChange, ChangeError> {
-        validate(&change_from_form(body.as_bytes(), default_fallback())?)
+    /// A validated change with its text copied out, for assertions.
+    #[derive(Debug, PartialEq)]
+    struct Parsed {
+        table: String,
+        action: Action,
+        fields: Vec<(String, String)>,
+    }
+
+    impl Parsed {
+        fn value(&self, name: &str) -> Option<&str> {
+            self.fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    fn parse(body: &str) -> Result<Parsed, ChangeError> {
+        let request = change_from_form(body.as_bytes(), default_fallback())?;
+        let change = validate(&request)?;
+        Ok(Parsed {
+            table: change.table,
+            action: change.action,
+            fields: change
+                .fields
+                .into_iter()
+                .map(|(n, v)| (n.into_owned(), v.to_string()))
+                .collect(),
+        })
     }
 
     #[test]
@@ -301,6 +495,57 @@ mod tests {
         for err in errors {
             let message = err.to_string();
             assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn direct_encoding_matches_prost() {
+        use prost::Message;
+        let long = "x%C3%A9".repeat(6_000); // 18,000 bytes: a three-byte length varint
+        let bodies = [
+            "web_sync_table_name=Loads&web_sync_action=update&id=50482&empty=&Name=Bill+Smith"
+                .to_string(),
+            format!("web_sync_table_name=t&web_sync_action=create&id=1&big={long}&n%C3%A9=%93q%94"),
+            "web_sync_table_name=t&web_sync_action=delete".to_string(),
+        ];
+        for body in &bodies {
+            let form = split_form(body.as_bytes(), default_fallback()).unwrap();
+            for (micros, request_id, client_ip) in [
+                (1_780_000_000_123_456_i64, "req-1", "2001:db8::1"),
+                (0, "", ""),
+                (-5, "r", "127.0.0.1"),
+            ] {
+                let mut request = form.clone().into_request();
+                request.received_at_unix_micros = micros;
+                request.request_id = request_id.to_string();
+                request.client_ip = client_ip.to_string();
+                let direct = form.encode_request(micros, request_id, client_ip);
+                assert_eq!(direct, request.encode_to_vec(), "body {body:.60}");
+                assert_eq!(ChangeRequest::decode(direct.as_slice()).unwrap(), request);
+            }
+        }
+    }
+
+    #[test]
+    fn form_and_request_validate_alike() {
+        let body = b"web_sync_table_name=Spots&web_sync_action=Create&ID=7&note=a+b&Osd=1";
+        let form = split_form(body, default_fallback()).unwrap();
+        let request = form.clone().into_request();
+        assert_eq!(form.validate().unwrap(), validate(&request).unwrap());
+        let duplicate = b"web_sync_table_name=t&web_sync_action=create&Osd=1&osd=2";
+        let form = split_form(duplicate, default_fallback()).unwrap();
+        assert_eq!(
+            form.validate().unwrap_err(),
+            validate(&form.clone().into_request()).unwrap_err()
+        );
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for value in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, value);
+            assert_eq!(buf.len(), varint_len(value), "{value}");
         }
     }
 }

@@ -6,6 +6,8 @@
 //! decoded with a fallback single-byte charset (Windows-1252 by default), so
 //! no text is lost or replaced by U+FFFD.
 
+use std::borrow::Cow;
+
 use encoding_rs::Encoding;
 use percent_encoding::percent_decode;
 
@@ -23,23 +25,31 @@ pub fn fallback_for_label(label: &str) -> Option<&'static Encoding> {
     single_byte.then_some(encoding)
 }
 
-/// One decoded `name=value` pair.
+/// One decoded `name=value` pair; borrows the body where decoding changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FormPair {
+pub struct FormPair<'a> {
     /// Parameter name, decoded.
-    pub name: String,
+    pub name: Cow<'a, str>,
     /// Parameter value, decoded.
-    pub value: String,
+    pub value: Cow<'a, str>,
     /// True when the name or value was not UTF-8 and the fallback charset was used.
     pub used_fallback: bool,
 }
 
 /// Parses an urlencoded body into its pairs, in order. Never fails: every byte
 /// sequence has a decoding.
-pub fn parse(body: &[u8], fallback: &'static Encoding) -> Vec<FormPair> {
+pub fn parse<'a>(body: &'a [u8], fallback: &'static Encoding) -> Vec<FormPair<'a>> {
+    pairs(body, fallback).collect()
+}
+
+/// [`parse`] as an iterator.
+pub fn pairs<'a>(
+    body: &'a [u8],
+    fallback: &'static Encoding,
+) -> impl Iterator<Item = FormPair<'a>> + 'a {
     body.split(|&b| b == b'&')
         .filter(|sequence| !sequence.is_empty())
-        .map(|sequence| {
+        .map(move |sequence| {
             let (name, value) = match sequence.iter().position(|&b| b == b'=') {
                 Some(at) => (&sequence[..at], &sequence[at + 1..]),
                 None => (sequence, &sequence[sequence.len()..]),
@@ -52,21 +62,35 @@ pub fn parse(body: &[u8], fallback: &'static Encoding) -> Vec<FormPair> {
                 used_fallback: name_fallback || value_fallback,
             }
         })
-        .collect()
 }
 
 /// `+` to space, percent-decoding, then UTF-8 or the fallback charset.
-fn decode_component(raw: &[u8], fallback: &'static Encoding) -> (String, bool) {
-    let spaced: Vec<u8> = raw
-        .iter()
-        .map(|&b| if b == b'+' { b' ' } else { b })
-        .collect();
-    let bytes: Vec<u8> = percent_decode(&spaced).collect();
+///
+/// Plain UTF-8 text (no `+`, no `%`) is borrowed; otherwise one allocation.
+fn decode_component<'a>(raw: &'a [u8], fallback: &'static Encoding) -> (Cow<'a, str>, bool) {
+    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return (Cow::Borrowed(text), false);
+        }
+    }
+    let mut bytes = Vec::with_capacity(raw.len());
+    // `+` is replaced before percent-decoding (so `%2B` stays a plus); no
+    // percent sequence contains `+`, so decoding the pieces between pluses is the same.
+    for (index, piece) in raw.split(|&b| b == b'+').enumerate() {
+        if index > 0 {
+            bytes.push(b' ');
+        }
+        if piece.contains(&b'%') {
+            bytes.extend(percent_decode(piece));
+        } else {
+            bytes.extend_from_slice(piece);
+        }
+    }
     match String::from_utf8(bytes) {
-        Ok(text) => (text, false),
+        Ok(text) => (Cow::Owned(text), false),
         Err(err) => {
             let (text, _, _) = fallback.decode(err.as_bytes());
-            (text.into_owned(), true)
+            (Cow::Owned(text.into_owned()), true)
         }
     }
 }
@@ -78,7 +102,7 @@ mod tests {
     fn pairs(body: &[u8]) -> Vec<(String, String)> {
         parse(body, default_fallback())
             .into_iter()
-            .map(|p| (p.name, p.value))
+            .map(|p| (p.name.into_owned(), p.value.into_owned()))
             .collect()
     }
 

@@ -4,7 +4,7 @@
 //! PostgreSQL identifier: `[a-z_][a-z0-9_]*`, at most 63 bytes. Names starting
 //! with `_` are reserved for the receiver's own columns.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 /// Longest identifier PostgreSQL keeps without truncation.
 pub const MAX_NAME_BYTES: usize = 63;
@@ -50,25 +50,33 @@ impl std::error::Error for NameError {}
 
 /// Case-folds `raw` and checks it is a usable table or field name.
 pub fn normalize_name(raw: &str) -> Result<String, NameError> {
-    let name = raw.to_ascii_lowercase();
-    if name.is_empty() {
+    fold_name(raw).map(Cow::into_owned)
+}
+
+/// [`normalize_name`] without a copy when `raw` is already folded (the usual case).
+pub fn fold_name(raw: &str) -> Result<Cow<'_, str>, NameError> {
+    let bytes = raw.as_bytes();
+    let Some(&first) = bytes.first() else {
         return Err(NameError::Empty);
-    }
-    if name.len() > MAX_NAME_BYTES {
+    };
+    if bytes.len() > MAX_NAME_BYTES {
         return Err(NameError::TooLong(raw.to_string()));
     }
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let first_ok = first.is_ascii_alphabetic() || first == b'_';
+    let rest_ok = bytes
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'_');
     if !(first_ok && rest_ok) {
         return Err(NameError::Invalid(raw.to_string()));
     }
-    if name.starts_with('_') {
+    if first == b'_' {
         return Err(NameError::Reserved(raw.to_string()));
     }
-    Ok(name)
+    Ok(if bytes.iter().any(u8::is_ascii_uppercase) {
+        Cow::Owned(raw.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(raw)
+    })
 }
 
 /// Quotes an identifier for SQL (`"name"`, inner quotes doubled).
@@ -128,6 +136,15 @@ mod tests {
             Err(NameError::Reserved(_))
         ));
         assert!(matches!(normalize_name("_"), Err(NameError::Reserved(_))));
+    }
+
+    #[test]
+    fn folded_names_are_borrowed() {
+        assert!(matches!(
+            fold_name("pod_signature_20"),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert!(matches!(fold_name("Tord"), Ok(Cow::Owned(name)) if name == "tord"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Applying one validated live change to its mirror table, with its
 //! change-log entry, in one transaction (design.md section 3).
 
+use std::borrow::Cow;
+
 use aljex_proto::{action::Action, change::ValidChange, names::quote_ident, v1::Outcome};
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::{
@@ -25,7 +26,7 @@ pub struct ChangeMeta {
 }
 
 /// The key values of `change` under `spec`, or a one-line reason why it has none.
-pub fn key_values(change: &ValidChange, spec: &TableSpec) -> Result<Vec<String>, String> {
+pub fn key_values(change: &ValidChange<'_>, spec: &TableSpec) -> Result<Vec<String>, String> {
     spec.key
         .iter()
         .map(|column| match change.value(column) {
@@ -50,7 +51,7 @@ pub async fn apply_change(
     pool: &PgPool,
     mirror: &Mirror,
     spec: &TableSpec,
-    change: &ValidChange,
+    change: &ValidChange<'_>,
     key: &[String],
     meta: &ChangeMeta,
 ) -> Result<Outcome, sqlx::Error> {
@@ -70,12 +71,12 @@ async fn upsert(
     pool: &PgPool,
     mirror: &Mirror,
     spec: &TableSpec,
-    change: &ValidChange,
+    change: &ValidChange<'_>,
     key: &[String],
     meta: &ChangeMeta,
 ) -> Result<Outcome, sqlx::Error> {
-    let values: Vec<&str> = change.fields.iter().map(|(_, v)| v.as_str()).collect();
-    let sql = mirror.upsert_statement(&change.table, &change.fields, |columns| {
+    let values: Vec<&str> = change.fields.iter().map(|(_, v)| *v).collect();
+    let sql = mirror.upsert_statement(&change.table, &change.names(), |columns| {
         upsert_sql(mirror, spec, &change.table, columns)
     });
     let written = sqlx::query_scalar::<_, bool>(&sql)
@@ -144,29 +145,24 @@ const LOG_CHANGE_SQL: &str =
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'live')";
 
 /// Serializes fields as a JSON object in their order, without copying them.
-struct FieldsObject<'a>(&'a [(String, String)]);
+struct FieldsObject<'a, 'b>(&'a [(Cow<'b, str>, &'b str)]);
 
-impl serde::Serialize for FieldsObject<'_> {
+impl serde::Serialize for FieldsObject<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
     }
 }
 
-/// Every field as a JSON object (folded name to value).
-pub fn fields_json(change: &ValidChange) -> Value {
-    let fields: Map<String, Value> = change
-        .fields
-        .iter()
-        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
-        .collect();
-    Value::Object(fields)
+/// Every field as a JSON object (folded name to value), as the change log stores it.
+pub fn fields_json(change: &ValidChange<'_>) -> String {
+    serde_json::to_string(&FieldsObject(&change.fields)).unwrap_or_default()
 }
 
 async fn delete(
     tx: &mut PgConnection,
     mirror: &Mirror,
     spec: &TableSpec,
-    change: &ValidChange,
+    change: &ValidChange<'_>,
     key: &[String],
     meta: &ChangeMeta,
 ) -> Result<Outcome, sqlx::Error> {
@@ -221,7 +217,7 @@ async fn delete(
 async fn log_change(
     tx: &mut PgConnection,
     mirror: &Mirror,
-    change: &ValidChange,
+    change: &ValidChange<'_>,
     key: &[String],
     meta: &ChangeMeta,
     outcome: Outcome,

@@ -6,11 +6,12 @@
 //! a race. Known columns are cached so the steady state issues no DDL.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
 use aljex_proto::names::quote_ident;
+use foldhash::fast::RandomState;
 use sqlx::PgPool;
 
 use crate::tables::TableSpec;
@@ -40,9 +41,13 @@ pub enum MirrorError {
 #[derive(Debug)]
 pub struct Mirror {
     schema: String,
-    known_columns: RwLock<HashMap<String, HashSet<String>>>,
-    statements: RwLock<HashMap<String, Arc<str>>>,
+    known_columns: RwLock<HashMap<String, ColumnSet>>,
+    statements: RwLock<HashMap<String, Arc<str>, RandomState>>,
 }
+
+/// Column names of one table. Checked for every field of every change, so
+/// hashed with foldhash rather than SipHash (names come from authenticated posts).
+type ColumnSet = std::collections::HashSet<String, RandomState>;
 
 /// Most distinct upsert statements kept (tables x column sets seen).
 const STATEMENT_CACHE_CAPACITY: usize = 512;
@@ -62,7 +67,7 @@ impl Mirror {
         Mirror {
             schema: schema.into(),
             known_columns: RwLock::new(HashMap::new()),
-            statements: RwLock::new(HashMap::new()),
+            statements: RwLock::new(HashMap::default()),
         }
     }
 
@@ -92,25 +97,24 @@ impl Mirror {
         tx.commit().await
     }
 
-    /// The upsert statement of `table` for these fields' columns, built by
-    /// `build` on first use and cached (SQL for wide tables is large to build).
+    /// The upsert statement of `table` for `columns`, built by `build` on
+    /// first use and cached (SQL for wide tables is large to build).
     pub fn upsert_statement(
         &self,
         table: &str,
-        fields: &[(String, String)],
+        columns: &[&str],
         build: impl FnOnce(&[&str]) -> String,
     ) -> Arc<str> {
-        let mut cache_key = String::with_capacity(table.len() + fields.len() * 16);
+        let mut cache_key = String::with_capacity(table.len() + columns.len() * 16);
         cache_key.push_str(table);
-        for (name, _) in fields {
+        for name in columns {
             cache_key.push(',');
             cache_key.push_str(name);
         }
         if let Some(sql) = read(&self.statements).get(&cache_key) {
             return sql.clone();
         }
-        let columns: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
-        let sql: Arc<str> = build(&columns).into();
+        let sql: Arc<str> = build(columns).into();
         let mut statements = write(&self.statements);
         if statements.len() >= STATEMENT_CACHE_CAPACITY {
             statements.clear();
@@ -156,7 +160,7 @@ impl Mirror {
         table: &str,
         spec: &TableSpec,
         columns: &[&str],
-    ) -> Result<HashSet<String>, MirrorError> {
+    ) -> Result<ColumnSet, MirrorError> {
         let qualified = self.qualified(table);
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -197,7 +201,7 @@ impl Mirror {
             });
         }
 
-        let mut existing: HashSet<String> = sqlx::query_scalar(
+        let mut existing: ColumnSet = sqlx::query_scalar(
             "SELECT attname::text FROM pg_attribute \
              WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
         )
@@ -221,11 +225,11 @@ impl Mirror {
         Ok(existing)
     }
 
-    fn read_cache(&self) -> RwLockReadGuard<'_, HashMap<String, HashSet<String>>> {
+    fn read_cache(&self) -> RwLockReadGuard<'_, HashMap<String, ColumnSet>> {
         read(&self.known_columns)
     }
 
-    fn write_cache(&self) -> RwLockWriteGuard<'_, HashMap<String, HashSet<String>>> {
+    fn write_cache(&self) -> RwLockWriteGuard<'_, HashMap<String, ColumnSet>> {
         write(&self.known_columns)
     }
 }

@@ -40,12 +40,12 @@ impl SyncSinkService {
 
     async fn apply(
         &self,
-        change: &ValidChange,
+        change: &ValidChange<'_>,
         key: &[String],
         meta: &ChangeMeta,
     ) -> Result<aljex_proto::v1::Outcome, MirrorError> {
         let spec = self.tables.spec(&change.table);
-        let columns = change.fields.iter().map(|(name, _)| name.as_str());
+        let columns = change.fields.iter().map(|(name, _)| name.as_ref());
         self.mirror
             .ensure_columns(&self.pool, &change.table, spec, columns)
             .await?;
@@ -55,7 +55,7 @@ impl SyncSinkService {
     /// Applies once, and once more if the table changed behind the cache's back.
     async fn apply_with_retry(
         &self,
-        change: &ValidChange,
+        change: &ValidChange<'_>,
         key: &[String],
         meta: &ChangeMeta,
     ) -> Result<aljex_proto::v1::Outcome, MirrorError> {

@@ -29,11 +29,12 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: bench-sql SCHEMA FORM_FILE");
     };
     let body = std::fs::read(file)?;
-    let change = validate(&change_from_form(&body, default_fallback())?)?;
+    let request = change_from_form(&body, default_fallback())?;
+    let change = validate(&request)?;
     let tables = TablesConfig::default();
     let spec = tables.spec(&change.table);
     let mirror = Mirror::new(schema.clone());
-    let columns: Vec<&str> = change.fields.iter().map(|(n, _)| n.as_str()).collect();
+    let columns = change.names();
     let key_column = spec.key.first().map(String::as_str).unwrap_or("id");
 
     let key_index = change
@@ -58,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         ("schema", schema.clone()),
         ("table", change.table.clone()),
         ("raw_action", "update".to_string()),
-        ("fields", fields_json(&change).to_string()),
+        ("fields", fields_json(&change)),
         ("request_id", "bench".to_string()),
         ("client_ip", "127.0.0.1".to_string()),
     ] {

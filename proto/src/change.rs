@@ -12,6 +12,7 @@ use crate::{
     form::{self, FormPair},
     names::{fold_name, normalize_name, truncate_for_message, NameError},
     v1::{ChangeRequest, Field},
+    wire::{put_key, put_string, put_varint, string_len, varint_len, LENGTH_DELIMITED, VARINT},
 };
 
 /// Form parameter naming the table.
@@ -154,14 +155,15 @@ impl<'a> FormChange<'a> {
 
     /// The protobuf encoding of the [`ChangeRequest`] for this change, written
     /// straight from the borrowed text: the same bytes as building the request
-    /// and calling `encode_to_vec`, without copying every name and value first.
+    /// and calling `encode_to_vec`, without copying every name and value first
+    /// (field numbers as in `sync.proto`; a test compares with prost's encoding).
     pub fn encode_request(
         &self,
         received_at_unix_micros: i64,
         request_id: &str,
         client_ip: &str,
     ) -> Vec<u8> {
-        let field_len = |pair: &FormPair| string_len(1, &pair.name) + string_len(2, &pair.value);
+        let field_len = |pair: &FormPair| string_len(&pair.name) + string_len(&pair.value);
         let fields_len: usize = self
             .fields
             .iter()
@@ -171,13 +173,13 @@ impl<'a> FormChange<'a> {
             })
             .sum();
         let mut buf = Vec::with_capacity(
-            string_len(1, &self.table)
-                + string_len(2, &self.action)
+            string_len(&self.table)
+                + string_len(&self.action)
                 + fields_len
                 + 1
                 + varint_len(received_at_unix_micros as u64)
-                + string_len(5, request_id)
-                + string_len(6, client_ip),
+                + string_len(request_id)
+                + string_len(client_ip),
         );
         put_string(&mut buf, 1, &self.table);
         put_string(&mut buf, 2, &self.action);
@@ -207,44 +209,6 @@ pub fn change_from_form(
     fallback: &'static Encoding,
 ) -> Result<ChangeRequest, ChangeError> {
     split_form(body, fallback).map(FormChange::into_request)
-}
-
-// Protobuf wire format (proto3: fields with default values are not written),
-// for the one message the filter sends on every request.
-const VARINT: u8 = 0;
-const LENGTH_DELIMITED: u8 = 2;
-
-fn put_key(buf: &mut Vec<u8>, tag: u8, wire_type: u8) {
-    // Tags below 16 fit in one byte.
-    buf.push((tag << 3) | wire_type);
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        buf.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    buf.push(value as u8);
-}
-
-fn varint_len(value: u64) -> usize {
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn put_string(buf: &mut Vec<u8>, tag: u8, value: &str) {
-    if !value.is_empty() {
-        put_key(buf, tag, LENGTH_DELIMITED);
-        put_varint(buf, value.len() as u64);
-        buf.extend_from_slice(value.as_bytes());
-    }
-}
-
-fn string_len(_tag: u8, value: &str) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        1 + varint_len(value.len() as u64) + value.len()
-    }
 }
 
 /// A change whose names and action passed the shared rules. Borrows the
@@ -538,14 +502,5 @@ mod tests {
             form.validate().unwrap_err(),
             validate(&form.clone().into_request()).unwrap_err()
         );
-    }
-
-    #[test]
-    fn varint_lengths() {
-        for value in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
-            let mut buf = Vec::new();
-            put_varint(&mut buf, value);
-            assert_eq!(buf.len(), varint_len(value), "{value}");
-        }
     }
 }

@@ -10,6 +10,7 @@ pub mod action;
 pub mod change;
 pub mod form;
 pub mod names;
+mod wire;
 
 /// Generated protobuf types (and gRPC code with the `tonic` feature).
 #[allow(clippy::all, missing_docs)]

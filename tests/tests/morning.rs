@@ -183,9 +183,11 @@ async fn a_slow_upload_in_pieces_and_a_temporary_name_wait_until_complete() {
     let sftp = SftpServer::start().unwrap();
     let url = database_url();
     let db = pool(&url).await;
+    // The settle time must outlast the gap between the two sftp sessions below
+    // (an ssh handshake can take seconds when the whole suite runs on two cores).
     let sink = SinkProcess::start(
         &url,
-        &["--inbox", &sftp.inbox.to_string_lossy(), "--settle", "3"],
+        &["--inbox", &sftp.inbox.to_string_lossy(), "--settle", "10"],
     )
     .await
     .unwrap();
@@ -216,7 +218,7 @@ async fn a_slow_upload_in_pieces_and_a_temporary_name_wait_until_complete() {
         dir.join("full.csv").display()
     ))
     .unwrap();
-    let run = wait_for_run(&db, s, "customers.csv", Duration::from_secs(30)).await;
+    let run = wait_for_run(&db, s, "customers.csv", Duration::from_secs(45)).await;
     assert_eq!((run.0.as_str(), run.1), ("applied", 2000), "{run:?}");
 
     // Uploaded under a temporary name, then renamed.
@@ -239,7 +241,7 @@ async fn a_slow_upload_in_pieces_and_a_temporary_name_wait_until_complete() {
     );
     sftp.batch("rename carriers.csv.filepart carriers.csv\n")
         .unwrap();
-    let run = wait_for_run(&db, s, "carriers.csv", Duration::from_secs(30)).await;
+    let run = wait_for_run(&db, s, "carriers.csv", Duration::from_secs(45)).await;
     assert_eq!((run.0.as_str(), run.1), ("applied", 10), "{run:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }

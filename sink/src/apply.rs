@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use aljex_proto::{action::Action, change::ValidChange, names::quote_ident, v1::Outcome};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::{
     mirror::Mirror,
@@ -48,7 +48,7 @@ pub fn key_values(change: &ValidChange<'_>, spec: &TableSpec) -> Result<Vec<Stri
 /// An upsert is one statement (mirror write and change-log row together, in
 /// autocommit: one round trip). A delete needs a few statements in a transaction.
 pub async fn apply_change(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     mirror: &Mirror,
     spec: &TableSpec,
     change: &ValidChange<'_>,
@@ -56,9 +56,9 @@ pub async fn apply_change(
     meta: &ChangeMeta,
 ) -> Result<Outcome, sqlx::Error> {
     match change.action {
-        Action::Upsert => upsert(pool, mirror, spec, change, key, meta).await,
+        Action::Upsert => upsert(conn, mirror, spec, change, key, meta).await,
         Action::Delete => {
-            let mut tx = pool.begin().await?;
+            let mut tx = conn.begin().await?;
             let outcome = delete(&mut tx, mirror, spec, change, key, meta).await?;
             log_change(&mut tx, mirror, change, key, meta, outcome).await?;
             tx.commit().await?;
@@ -68,7 +68,7 @@ pub async fn apply_change(
 }
 
 async fn upsert(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     mirror: &Mirror,
     spec: &TableSpec,
     change: &ValidChange<'_>,
@@ -89,7 +89,7 @@ async fn upsert(
         .bind(sqlx::types::Json(FieldsObject(&change.fields)))
         .bind(&meta.request_id)
         .bind(&meta.client_ip)
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await?;
     Ok(if written {
         Outcome::Applied

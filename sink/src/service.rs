@@ -18,12 +18,14 @@ use crate::{
     mirror::{Mirror, MirrorError},
     rejections::{record_edge_rejection, record_refused_change},
     tables::TablesConfig,
+    warm::WarmConnections,
 };
 
 /// Applies live changes to the mirror tables in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SyncSinkService {
     pool: PgPool,
+    connections: Arc<WarmConnections>,
     mirror: Arc<Mirror>,
     tables: Arc<TablesConfig>,
 }
@@ -32,6 +34,7 @@ impl SyncSinkService {
     /// A service writing to `mirror` through `pool`.
     pub fn new(pool: PgPool, mirror: Arc<Mirror>, tables: Arc<TablesConfig>) -> Self {
         SyncSinkService {
+            connections: Arc::new(WarmConnections::new(pool.clone())),
             pool,
             mirror,
             tables,
@@ -49,7 +52,10 @@ impl SyncSinkService {
         self.mirror
             .ensure_columns(&self.pool, &change.table, spec, columns)
             .await?;
-        Ok(apply_change(&self.pool, &self.mirror, spec, change, key, meta).await?)
+        let mut connection = self.connections.lease().await?;
+        let outcome = apply_change(&mut connection, &self.mirror, spec, change, key, meta).await?;
+        connection.keep();
+        Ok(outcome)
     }
 
     /// Applies once, and once more if the table changed behind the cache's back.
@@ -89,7 +95,7 @@ impl SyncSinkService {
     }
 
     fn observe_pool(&self) {
-        let idle = self.pool.num_idle() as f64;
+        let idle = (self.pool.num_idle() + self.connections.idle_count()) as f64;
         let size = f64::from(self.pool.size());
         metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle);
         metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(size - idle);

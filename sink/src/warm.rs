@@ -1,0 +1,115 @@
+//! Connections the live path keeps checked out of the pool between changes.
+//!
+//! sqlx pings every connection it takes back into the pool (one more round
+//! trip to PostgreSQL per change, measured at ~5% of the live throughput at
+//! concurrency 16; see BENCHMARKS.md). The live path instead returns a
+//! connection that just committed a change to a small stack of its own, and
+//! takes the next one from there. A connection whose last use failed, or was
+//! cancelled, goes back to the pool, whose ping closes it if it is broken.
+//! The stack keeps at most half the pool idle, so ingestion, rejections and
+//! the health check always find connections in the pool.
+
+use std::{
+    ops::{Deref, DerefMut},
+    sync::{Mutex, MutexGuard},
+};
+
+use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
+
+/// The pool and the live path's idle connections taken from it.
+#[derive(Debug)]
+pub struct WarmConnections {
+    pool: PgPool,
+    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+    capacity: usize,
+}
+
+impl WarmConnections {
+    /// Keeps at most half of `pool`'s maximum size idle.
+    pub fn new(pool: PgPool) -> Self {
+        let capacity = pool.options().get_max_connections() as usize / 2;
+        WarmConnections {
+            pool,
+            idle: Mutex::new(Vec::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    /// A connection: a warm one if there is one, else one from the pool.
+    pub async fn lease(&self) -> Result<Lease<'_>, sqlx::Error> {
+        let warm = self.idle().pop();
+        let connection = match warm {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?,
+        };
+        Ok(Lease {
+            connection: Some(connection),
+            home: self,
+            healthy: false,
+        })
+    }
+
+    /// Idle connections held here (they count as in use in the pool's figures).
+    pub fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One connection in use by the live path. Returns to the warm stack only
+/// after [`Lease::keep`]; otherwise (error, cancellation) to the pool.
+#[derive(Debug)]
+pub struct Lease<'a> {
+    connection: Option<PoolConnection<Postgres>>,
+    home: &'a WarmConnections,
+    healthy: bool,
+}
+
+impl Lease<'_> {
+    /// Marks the connection as fit for the next change (its last use succeeded).
+    pub fn keep(mut self) {
+        self.healthy = true;
+    }
+}
+
+impl Deref for Lease<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match &self.connection {
+            Some(connection) => connection,
+            None => unreachable!("a lease holds its connection until dropped"),
+        }
+    }
+}
+
+impl DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match &mut self.connection {
+            Some(connection) => connection,
+            None => unreachable!("a lease holds its connection until dropped"),
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        if self.healthy {
+            let mut idle = self.home.idle();
+            if idle.len() < self.home.capacity {
+                idle.push(connection);
+                return;
+            }
+        }
+        // Back to the pool: sqlx checks it there.
+        drop(connection);
+    }
+}

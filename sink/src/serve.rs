@@ -15,6 +15,7 @@ use crate::{
     metrics,
     mirror::Mirror,
     service::SyncSinkService,
+    warm::WarmConnections,
 };
 
 /// Flags of `aljex-sink serve` (each also read from an environment variable).
@@ -62,7 +63,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     mirror.create_schema(&pool).await?;
 
     let tables = Arc::new(tables);
-    let service = SyncSinkService::new(pool.clone(), mirror.clone(), tables.clone());
+    let connections = Arc::new(WarmConnections::new(pool.clone()));
+    let service = SyncSinkService::new(
+        pool.clone(),
+        connections.clone(),
+        mirror.clone(),
+        tables.clone(),
+    );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SyncSinkServer<SyncSinkService>>()
@@ -79,6 +86,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(watch_database(
         pool.clone(),
+        connections.clone(),
         health_reporter,
         stop_rx.clone(),
     ));
@@ -136,6 +144,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    connections.clear();
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -155,14 +164,21 @@ fn tokio_stream_listener(
     })
 }
 
-/// Reports NOT_SERVING on the health service while the database is unreachable.
-async fn watch_database(pool: PgPool, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
+/// Reports NOT_SERVING on the health service while the database is unreachable,
+/// and hands long-idle warm connections back to the pool.
+async fn watch_database(
+    pool: PgPool,
+    connections: Arc<WarmConnections>,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut serving = true;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop.changed() => return,
         }
+        connections.sweep();
         let healthy = tokio::time::timeout(
             Duration::from_secs(2),
             sqlx::query("SELECT 1").execute(&pool),

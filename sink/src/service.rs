@@ -31,10 +31,15 @@ pub struct SyncSinkService {
 }
 
 impl SyncSinkService {
-    /// A service writing to `mirror` through `pool`.
-    pub fn new(pool: PgPool, mirror: Arc<Mirror>, tables: Arc<TablesConfig>) -> Self {
+    /// A service writing to `mirror` through `pool`; live changes through `connections` (taken from `pool`).
+    pub fn new(
+        pool: PgPool,
+        connections: Arc<WarmConnections>,
+        mirror: Arc<Mirror>,
+        tables: Arc<TablesConfig>,
+    ) -> Self {
         SyncSinkService {
-            connections: Arc::new(WarmConnections::new(pool.clone())),
+            connections,
             pool,
             mirror,
             tables,

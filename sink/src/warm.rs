@@ -7,11 +7,13 @@
 //! takes the next one from there. A connection whose last use failed, or was
 //! cancelled, goes back to the pool, whose ping closes it if it is broken.
 //! The stack keeps at most half the pool idle, so ingestion, rejections and
-//! the health check always find connections in the pool.
+//! the health check always find connections in the pool, and it honours the
+//! pool's idle timeout ([`WarmConnections::sweep`]) and maximum lifetime.
 
 use std::{
     ops::{Deref, DerefMut},
     sync::{Mutex, MutexGuard},
+    time::Instant,
 };
 
 use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
@@ -20,8 +22,18 @@ use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
 #[derive(Debug)]
 pub struct WarmConnections {
     pool: PgPool,
-    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+    idle: Mutex<Vec<Warm>>,
     capacity: usize,
+}
+
+/// An idle connection on the stack.
+#[derive(Debug)]
+struct Warm {
+    connection: PoolConnection<Postgres>,
+    /// When it was taken from the pool (its age is at least this old).
+    taken: Instant,
+    /// When it was last put on the stack.
+    parked: Instant,
 }
 
 impl WarmConnections {
@@ -35,18 +47,57 @@ impl WarmConnections {
         }
     }
 
-    /// A connection: a warm one if there is one, else one from the pool.
+    /// A connection: the most recently used warm one, else one from the pool.
     pub async fn lease(&self) -> Result<Lease<'_>, sqlx::Error> {
-        let warm = self.idle().pop();
-        let connection = match warm {
-            Some(connection) => connection,
-            None => self.pool.acquire().await?,
-        };
+        let max_lifetime = self.pool.options().get_max_lifetime();
+        loop {
+            let warm = self.idle().pop();
+            match warm {
+                // Past the pool's lifetime: the pool closes it when it gets it back.
+                Some(warm) if max_lifetime.is_some_and(|max| warm.taken.elapsed() > max) => {
+                    drop(warm);
+                }
+                Some(warm) => {
+                    return Ok(Lease {
+                        connection: Some(warm.connection),
+                        taken: warm.taken,
+                        home: self,
+                        healthy: false,
+                    })
+                }
+                None => break,
+            }
+        }
         Ok(Lease {
-            connection: Some(connection),
+            connection: Some(self.pool.acquire().await?),
+            taken: Instant::now(),
             home: self,
             healthy: false,
         })
+    }
+
+    /// Hands back to the pool the connections idle here for longer than the
+    /// pool's idle timeout (the pool then applies its own rules). Call it
+    /// now and then: without changes nothing else takes them off the stack.
+    pub fn sweep(&self) {
+        let Some(idle_timeout) = self.pool.options().get_idle_timeout() else {
+            return;
+        };
+        let stale: Vec<Warm> = {
+            let mut idle = self.idle();
+            let (stale, fresh) = idle
+                .drain(..)
+                .partition(|warm: &Warm| warm.parked.elapsed() > idle_timeout);
+            *idle = fresh;
+            stale
+        };
+        drop(stale);
+    }
+
+    /// Hands every idle connection back to the pool (before closing it).
+    pub fn clear(&self) {
+        let all: Vec<Warm> = self.idle().drain(..).collect();
+        drop(all);
     }
 
     /// Idle connections held here (they count as in use in the pool's figures).
@@ -54,7 +105,7 @@ impl WarmConnections {
         self.idle().len()
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Warm>> {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -66,6 +117,7 @@ impl WarmConnections {
 #[derive(Debug)]
 pub struct Lease<'a> {
     connection: Option<PoolConnection<Postgres>>,
+    taken: Instant,
     home: &'a WarmConnections,
     healthy: bool,
 }
@@ -105,7 +157,11 @@ impl Drop for Lease<'_> {
         if self.healthy {
             let mut idle = self.home.idle();
             if idle.len() < self.home.capacity {
-                idle.push(connection);
+                idle.push(Warm {
+                    connection,
+                    taken: self.taken,
+                    parked: Instant::now(),
+                });
                 return;
             }
         }

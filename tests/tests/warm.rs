@@ -104,3 +104,40 @@ async fn a_broken_warm_connection_fails_once_and_is_replaced() {
     assert_ne!(fresh, broken);
     lease.keep();
 }
+
+#[tokio::test]
+async fn connections_idle_past_the_pools_idle_timeout_are_swept_back() {
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .idle_timeout(Duration::from_millis(200))
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let warm = WarmConnections::new(pool.clone());
+    let mut lease = warm.lease().await.unwrap();
+    backend_pid(&mut lease).await.unwrap();
+    lease.keep();
+    warm.sweep();
+    assert_eq!(warm.idle_count(), 1, "not idle long enough yet");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    warm.sweep();
+    assert_eq!(warm.idle_count(), 0);
+}
+
+#[tokio::test]
+async fn a_warm_connection_past_the_pools_max_lifetime_is_not_reused() {
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .max_lifetime(Duration::from_millis(200))
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let warm = WarmConnections::new(pool.clone());
+    let mut lease = warm.lease().await.unwrap();
+    let old = backend_pid(&mut lease).await.unwrap();
+    lease.keep();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut lease = warm.lease().await.unwrap();
+    assert_ne!(backend_pid(&mut lease).await.unwrap(), old);
+    assert_eq!(warm.idle_count(), 0);
+}

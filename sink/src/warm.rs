@@ -1,7 +1,7 @@
 //! Connections the live path keeps checked out of the pool between changes.
 //!
 //! sqlx pings every connection it takes back into the pool (one more round
-//! trip to PostgreSQL per change, measured at ~5% of the live throughput at
+//! trip to PostgreSQL per change, measured at 5-10% of the live throughput at
 //! concurrency 16; see BENCHMARKS.md). The live path instead returns a
 //! connection that just committed a change to a small stack of its own, and
 //! takes the next one from there. A connection whose last use failed, or was
@@ -30,7 +30,7 @@ pub struct WarmConnections {
 #[derive(Debug)]
 struct Warm {
     connection: PoolConnection<Postgres>,
-    /// When it was taken from the pool (its age is at least this old).
+    /// When it was taken from the pool (the connection is at least that old).
     taken: Instant,
     /// When it was last put on the stack.
     parked: Instant,

@@ -13,16 +13,16 @@ use crate::{
 };
 
 /// Where a change came from and when: everything besides the record itself.
-#[derive(Debug, Clone)]
-pub struct ChangeMeta {
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeMeta<'a> {
     /// Receive time at the edge.
     pub received_at: DateTime<Utc>,
     /// `web_sync_action` as received.
-    pub raw_action: String,
+    pub raw_action: &'a str,
     /// Request id from the edge.
-    pub request_id: String,
+    pub request_id: &'a str,
     /// Client IP from the edge.
-    pub client_ip: String,
+    pub client_ip: &'a str,
 }
 
 /// The key values of `change` under `spec`, or a one-line reason why it has none.
@@ -53,7 +53,7 @@ pub async fn apply_change(
     spec: &TableSpec,
     change: &ValidChange<'_>,
     key: &[String],
-    meta: &ChangeMeta,
+    meta: &ChangeMeta<'_>,
 ) -> Result<Outcome, sqlx::Error> {
     match change.action {
         Action::Upsert => upsert(conn, mirror, spec, change, key, meta).await,
@@ -73,7 +73,7 @@ async fn upsert(
     spec: &TableSpec,
     change: &ValidChange<'_>,
     key: &[String],
-    meta: &ChangeMeta,
+    meta: &ChangeMeta<'_>,
 ) -> Result<Outcome, sqlx::Error> {
     let values: Vec<&str> = change.fields.iter().map(|(_, v)| *v).collect();
     let sql = mirror.upsert_statement(&change.table, &change.names(), |columns| {
@@ -85,10 +85,10 @@ async fn upsert(
         .bind(mirror.schema())
         .bind(&change.table)
         .bind(key)
-        .bind(&meta.raw_action)
+        .bind(meta.raw_action)
         .bind(sqlx::types::Json(FieldsObject(&change.fields)))
-        .bind(&meta.request_id)
-        .bind(&meta.client_ip)
+        .bind(meta.request_id)
+        .bind(meta.client_ip)
         .fetch_one(conn)
         .await?;
     Ok(if written {
@@ -164,7 +164,7 @@ async fn delete(
     spec: &TableSpec,
     change: &ValidChange<'_>,
     key: &[String],
-    meta: &ChangeMeta,
+    meta: &ChangeMeta<'_>,
 ) -> Result<Outcome, sqlx::Error> {
     let table = mirror.qualified(&change.table);
     let key_match = key_predicate(spec, 1);
@@ -219,7 +219,7 @@ async fn log_change(
     mirror: &Mirror,
     change: &ValidChange<'_>,
     key: &[String],
-    meta: &ChangeMeta,
+    meta: &ChangeMeta<'_>,
     outcome: Outcome,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(LOG_CHANGE_SQL)
@@ -227,11 +227,11 @@ async fn log_change(
         .bind(&change.table)
         .bind(key)
         .bind(change.action.as_str())
-        .bind(&meta.raw_action)
+        .bind(meta.raw_action)
         .bind(sqlx::types::Json(FieldsObject(&change.fields)))
         .bind(meta.received_at)
-        .bind(&meta.request_id)
-        .bind(&meta.client_ip)
+        .bind(meta.request_id)
+        .bind(meta.client_ip)
         .bind(outcome.label())
         .execute(&mut *tx)
         .await?;

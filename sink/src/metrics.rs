@@ -59,3 +59,11 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Sets the pool gauges; `warm_idle` connections are idle but held by the live path.
+pub fn observe_pool(pool: &sqlx::PgPool, warm_idle: usize) {
+    let idle = (pool.num_idle() + warm_idle) as f64;
+    let size = f64::from(pool.size());
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle);
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(size - idle);
+}

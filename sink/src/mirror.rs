@@ -137,16 +137,17 @@ impl Mirror {
         spec: &TableSpec,
         columns: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), MirrorError> {
-        let wanted: Vec<&str> = columns.into_iter().collect();
-        let missing: Vec<&str> = match self.read_cache().get(table) {
-            Some(known) => wanted
-                .iter()
-                .copied()
-                .filter(|c| !known.contains(*c))
-                .collect(),
-            None => wanted.clone(),
+        let (cached, missing): (bool, Vec<&str>) = match self.read_cache().get(table) {
+            Some(known) => (
+                true,
+                columns
+                    .into_iter()
+                    .filter(|c| !known.contains(*c))
+                    .collect(),
+            ),
+            None => (false, columns.into_iter().collect()),
         };
-        if missing.is_empty() && self.read_cache().contains_key(table) {
+        if cached && missing.is_empty() {
             return Ok(());
         }
         let existing = self.create_or_extend(pool, table, spec, &missing).await?;

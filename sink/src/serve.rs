@@ -164,8 +164,9 @@ fn tokio_stream_listener(
     })
 }
 
-/// Reports NOT_SERVING on the health service while the database is unreachable,
-/// and hands long-idle warm connections back to the pool.
+/// Every 2 s: reports NOT_SERVING on the health service while the database is
+/// unreachable, hands long-idle warm connections back to the pool, and sets the
+/// pool gauges.
 async fn watch_database(
     pool: PgPool,
     connections: Arc<WarmConnections>,
@@ -179,6 +180,7 @@ async fn watch_database(
             _ = stop.changed() => return,
         }
         connections.sweep();
+        metrics::observe_pool(&pool, connections.idle_count());
         let healthy = tokio::time::timeout(
             Duration::from_secs(2),
             sqlx::query("SELECT 1").execute(&pool),

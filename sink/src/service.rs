@@ -14,10 +14,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     apply::{apply_change, key_values, ChangeMeta},
     db::data_refusal,
-    metrics::{APPLY_SECONDS, CHANGES, POOL_CONNECTIONS, REJECTIONS},
+    metrics::{APPLY_SECONDS, CHANGES, REJECTIONS},
     mirror::{Mirror, MirrorError},
     rejections::{record_edge_rejection, record_refused_change},
-    tables::TablesConfig,
+    tables::{TableSpec, TablesConfig},
     warm::WarmConnections,
 };
 
@@ -49,10 +49,10 @@ impl SyncSinkService {
     async fn apply(
         &self,
         change: &ValidChange<'_>,
+        spec: &TableSpec,
         key: &[String],
-        meta: &ChangeMeta,
+        meta: &ChangeMeta<'_>,
     ) -> Result<aljex_proto::v1::Outcome, MirrorError> {
-        let spec = self.tables.spec(&change.table);
         let columns = change.fields.iter().map(|(name, _)| name.as_ref());
         self.mirror
             .ensure_columns(&self.pool, &change.table, spec, columns)
@@ -67,14 +67,15 @@ impl SyncSinkService {
     async fn apply_with_retry(
         &self,
         change: &ValidChange<'_>,
+        spec: &TableSpec,
         key: &[String],
-        meta: &ChangeMeta,
+        meta: &ChangeMeta<'_>,
     ) -> Result<aljex_proto::v1::Outcome, MirrorError> {
-        match self.apply(change, key, meta).await {
+        match self.apply(change, spec, key, meta).await {
             Err(MirrorError::Database(err)) if is_schema_drift(&err) => {
                 tracing::warn!(table = %change.table, error = %err, "mirror table changed outside the sink; retrying");
                 self.mirror.forget(&change.table);
-                self.apply(change, key, meta).await
+                self.apply(change, spec, key, meta).await
             }
             other => other,
         }
@@ -97,13 +98,6 @@ impl SyncSinkService {
                 database_status(&err)
             }
         }
-    }
-
-    fn observe_pool(&self) {
-        let idle = (self.pool.num_idle() + self.connections.idle_count()) as f64;
-        let size = f64::from(self.pool.size());
-        metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle);
-        metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(size - idle);
     }
 }
 
@@ -137,12 +131,11 @@ impl SyncSink for SyncSinkService {
         };
         let meta = ChangeMeta {
             received_at,
-            raw_action: request.action.clone(),
-            request_id: request.request_id.clone(),
-            client_ip: request.client_ip.clone(),
+            raw_action: &request.action,
+            request_id: &request.request_id,
+            client_ip: &request.client_ip,
         };
-        let result = self.apply_with_retry(&change, &key, &meta).await;
-        self.observe_pool();
+        let result = self.apply_with_retry(&change, spec, &key, &meta).await;
         match result {
             Ok(outcome) => {
                 let label = outcome.label();

@@ -364,10 +364,11 @@ impl SyncRequest {
     }
 
     fn apply_reply(&self, host: &dyn Host, status_code: u32, response_size: usize) -> HttpReply {
-        let message = host
-            .grpc_status_message()
-            .map(|m| grpc_message_text(&m))
-            .unwrap_or_default();
+        let message = || {
+            host.grpc_status_message()
+                .map(|m| grpc_message_text(&m))
+                .unwrap_or_default()
+        };
         match status_code {
             0 => {
                 let decoded = host
@@ -391,19 +392,21 @@ impl SyncRequest {
                 }
             }
             // INVALID_ARGUMENT: the sink refused (and recorded) the change.
-            3 => HttpReply::error(400, &message),
+            3 => HttpReply::error(400, &message()),
             // DEADLINE_EXCEEDED, UNAVAILABLE (also transport failures).
             4 | 14 => {
                 host.log_warn(&format!(
-                    "request {}: sink unavailable (grpc status {status_code}): {message}",
-                    self.request_id
+                    "request {}: sink unavailable (grpc status {status_code}): {}",
+                    self.request_id,
+                    message()
                 ));
                 HttpReply::error(503, "the change was not committed; retry later")
             }
             _ => {
                 host.log_warn(&format!(
-                    "request {}: sink failed (grpc status {status_code}): {message}",
-                    self.request_id
+                    "request {}: sink failed (grpc status {status_code}): {}",
+                    self.request_id,
+                    message()
                 ));
                 HttpReply::error(500, "internal error; the change was not committed")
             }

@@ -8,8 +8,11 @@ use aljex_tests::database_url;
 use sqlx::{postgres::PgPoolOptions, PgConnection, PgPool};
 
 async fn pool(max: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max)
+    connect(PgPoolOptions::new().max_connections(max)).await
+}
+
+async fn connect(options: PgPoolOptions) -> PgPool {
+    options
         .acquire_timeout(Duration::from_secs(60))
         .connect(&database_url())
         .await
@@ -107,12 +110,12 @@ async fn a_broken_warm_connection_fails_once_and_is_replaced() {
 
 #[tokio::test]
 async fn connections_idle_past_the_pools_idle_timeout_are_swept_back() {
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .idle_timeout(Duration::from_millis(200))
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let pool = connect(
+        PgPoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(Duration::from_millis(200)),
+    )
+    .await;
     let warm = WarmConnections::new(pool.clone());
     let mut lease = warm.lease().await.unwrap();
     backend_pid(&mut lease).await.unwrap();
@@ -126,12 +129,12 @@ async fn connections_idle_past_the_pools_idle_timeout_are_swept_back() {
 
 #[tokio::test]
 async fn a_warm_connection_past_the_pools_max_lifetime_is_not_reused() {
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .max_lifetime(Duration::from_millis(200))
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let pool = connect(
+        PgPoolOptions::new()
+            .max_connections(4)
+            .max_lifetime(Duration::from_millis(200)),
+    )
+    .await;
     let warm = WarmConnections::new(pool.clone());
     let mut lease = warm.lease().await.unwrap();
     let old = backend_pid(&mut lease).await.unwrap();

@@ -94,6 +94,11 @@ pub struct Header {
 }
 
 impl Header {
+    /// The name of the column at `position` (`?` past the end).
+    fn column(&self, position: usize) -> &str {
+        self.columns.get(position).map_or("?", String::as_str)
+    }
+
     /// Validates the raw header against the name rules and the table key.
     pub fn parse(raw: &csv::StringRecord, key: &[String]) -> Result<Self, String> {
         let mut columns: Vec<String> = Vec::with_capacity(raw.len());
@@ -143,21 +148,11 @@ pub fn check_row(header: &Header, record: &csv::StringRecord) -> Result<(), Stri
         ));
     }
     if let Some(position) = record.iter().position(|field| field.contains('\0')) {
-        let column = header
-            .columns
-            .get(position)
-            .map(String::as_str)
-            .unwrap_or("?");
-        return Err(format!("NUL byte in column {column}"));
+        return Err(format!("NUL byte in column {}", header.column(position)));
     }
     for &position in &header.key_positions {
         if record.get(position).is_none_or(|v| v.trim().is_empty()) {
-            let column = header
-                .columns
-                .get(position)
-                .map(String::as_str)
-                .unwrap_or("?");
-            return Err(format!("empty key column {column}"));
+            return Err(format!("empty key column {}", header.column(position)));
         }
     }
     Ok(())

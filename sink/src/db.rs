@@ -26,8 +26,9 @@ pub struct DbArgs {
     /// Tables config (TOML): keys, delete and ingest modes, file names per table. Built-in defaults when absent.
     #[arg(long, env = "ALJEX_TABLES")]
     pub tables: Option<PathBuf>,
-    /// Most database connections in the pool (the live path keeps up to half of them connected between changes).
-    #[arg(long, env = "ALJEX_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    /// Most database connections in the pool, opened on demand. The live path keeps up to half of
+    /// them connected between changes: set it to at least twice the posts expected in flight.
+    #[arg(long, env = "ALJEX_DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
     /// Seconds to wait for a database connection before answering UNAVAILABLE.
     #[arg(long, env = "ALJEX_DB_ACQUIRE_TIMEOUT", default_value_t = 5.0)]

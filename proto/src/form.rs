@@ -43,25 +43,100 @@ pub fn parse<'a>(body: &'a [u8], fallback: &'static Encoding) -> Vec<FormPair<'a
 }
 
 /// [`parse`] as an iterator.
-pub fn pairs<'a>(
+pub fn pairs<'a>(body: &'a [u8], fallback: &'static Encoding) -> Pairs<'a> {
+    Pairs {
+        body,
+        text: std::str::from_utf8(body).ok(),
+        next: 0,
+        fallback,
+    }
+}
+
+/// Iterator over the pairs of an urlencoded body (see [`pairs`]).
+///
+/// Each `&`-separated sequence is scanned once. When the whole body is UTF-8
+/// (checked once, up front), a component without `+` or `%` is a slice of it.
+#[derive(Debug, Clone)]
+pub struct Pairs<'a> {
     body: &'a [u8],
+    /// The body as text, when it is valid UTF-8.
+    text: Option<&'a str>,
+    /// Offset of the next sequence.
+    next: usize,
     fallback: &'static Encoding,
-) -> impl Iterator<Item = FormPair<'a>> + 'a {
-    body.split(|&b| b == b'&')
-        .filter(|sequence| !sequence.is_empty())
-        .map(move |sequence| {
-            let (name, value) = match sequence.iter().position(|&b| b == b'=') {
-                Some(at) => (&sequence[..at], &sequence[at + 1..]),
-                None => (sequence, &sequence[sequence.len()..]),
+}
+
+/// Where one `name=value` sequence splits, found in a single scan.
+struct Sequence {
+    /// Bytes up to the `&` or the end of the body.
+    len: usize,
+    /// Offset of the first `=`, if any.
+    equals: Option<usize>,
+    /// Whether the name, and the value, contain `+` or `%`.
+    escaped: [bool; 2],
+}
+
+impl Sequence {
+    fn scan(bytes: &[u8]) -> Sequence {
+        let mut sequence = Sequence {
+            len: bytes.len(),
+            equals: None,
+            escaped: [false; 2],
+        };
+        for (at, &byte) in bytes.iter().enumerate() {
+            match byte {
+                b'&' => {
+                    sequence.len = at;
+                    break;
+                }
+                b'=' if sequence.equals.is_none() => sequence.equals = Some(at),
+                b'+' | b'%' => sequence.escaped[usize::from(sequence.equals.is_some())] = true,
+                _ => {}
+            }
+        }
+        sequence
+    }
+}
+
+impl<'a> Pairs<'a> {
+    /// The component at `start..end` of the body, decoded.
+    fn component(&self, start: usize, end: usize, escaped: bool) -> (Cow<'a, str>, bool) {
+        if !escaped {
+            if let Some(text) = self.text.and_then(|text| text.get(start..end)) {
+                return (Cow::Borrowed(text), false);
+            }
+        }
+        let raw = self.body.get(start..end).unwrap_or_default();
+        decode_component(raw, self.fallback)
+    }
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = FormPair<'a>;
+
+    fn next(&mut self) -> Option<FormPair<'a>> {
+        loop {
+            let start = self.next;
+            let rest = self.body.get(start..).filter(|rest| !rest.is_empty())?;
+            let sequence = Sequence::scan(rest);
+            self.next = start + sequence.len + 1;
+            if sequence.len == 0 {
+                continue;
+            }
+            let end = start + sequence.len;
+            let (name_end, value_start) = match sequence.equals {
+                Some(at) => (start + at, start + at + 1),
+                None => (end, end),
             };
-            let (name, name_fallback) = decode_component(name, fallback);
-            let (value, value_fallback) = decode_component(value, fallback);
-            FormPair {
+            let (name, name_fallback) = self.component(start, name_end, sequence.escaped[0]);
+            let (value, value_fallback) = self.component(value_start, end, sequence.escaped[1]);
+            return Some(FormPair {
                 name,
                 value,
                 used_fallback: name_fallback || value_fallback,
-            }
-        })
+            });
+        }
+    }
 }
 
 /// `+` to space, percent-decoding, then UTF-8 or the fallback charset.
@@ -178,6 +253,34 @@ mod tests {
     fn raw_high_bytes_fall_back_too() {
         let parsed = parse(b"n=\x93quoted\x94", default_fallback());
         assert_eq!(parsed[0].value, "\u{201c}quoted\u{201d}");
+    }
+
+    #[test]
+    fn plain_components_borrow_the_body() {
+        let parsed = parse(b"id=50482&name=Bill+Smith&empty=", default_fallback());
+        assert!(matches!(parsed[0].name, Cow::Borrowed("id")));
+        assert!(matches!(parsed[0].value, Cow::Borrowed("50482")));
+        assert!(matches!(parsed[1].value, Cow::Owned(ref v) if v == "Bill Smith"));
+        assert!(matches!(parsed[2].value, Cow::Borrowed("")));
+    }
+
+    #[test]
+    fn a_body_with_raw_high_bytes_keeps_its_utf8_pairs() {
+        // The body as a whole is not UTF-8, so each component is checked on its own.
+        let parsed = parse(b"a=\x93q\x94&b=plain&c=\xE2\x82\xAC", default_fallback());
+        let pairs: Vec<(&str, &str, bool)> = parsed
+            .iter()
+            .map(|p| (p.name.as_ref(), p.value.as_ref(), p.used_fallback))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("a", "\u{201c}q\u{201d}", true),
+                ("b", "plain", false),
+                ("c", "\u{20ac}", false)
+            ]
+        );
+        assert!(matches!(parsed[1].value, Cow::Borrowed("plain")));
     }
 
     #[test]

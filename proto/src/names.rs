@@ -62,17 +62,22 @@ pub fn fold_name(raw: &str) -> Result<Cow<'_, str>, NameError> {
     if bytes.len() > MAX_NAME_BYTES {
         return Err(NameError::TooLong(raw.to_string()));
     }
-    let first_ok = first.is_ascii_alphabetic() || first == b'_';
-    let rest_ok = bytes
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b == b'_');
-    if !(first_ok && rest_ok) {
+    let mut upper = false;
+    let mut valid = !first.is_ascii_digit();
+    for &byte in bytes {
+        match byte {
+            b'a'..=b'z' | b'0'..=b'9' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            _ => valid = false,
+        }
+    }
+    if !valid {
         return Err(NameError::Invalid(raw.to_string()));
     }
     if first == b'_' {
         return Err(NameError::Reserved(raw.to_string()));
     }
-    Ok(if bytes.iter().any(u8::is_ascii_uppercase) {
+    Ok(if upper {
         Cow::Owned(raw.to_ascii_lowercase())
     } else {
         Cow::Borrowed(raw)

@@ -6,7 +6,8 @@
 //! a race. Known columns are cached so the steady state issues no DDL.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, Hash, Hasher},
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
@@ -41,13 +42,31 @@ pub enum MirrorError {
 #[derive(Debug)]
 pub struct Mirror {
     schema: String,
-    known_columns: RwLock<HashMap<String, ColumnSet>>,
+    known_columns: RwLock<HashMap<String, KnownTable>>,
     statements: RwLock<HashMap<String, Arc<str>, RandomState>>,
+    /// Hashes the column lists of [`KnownTable::verified`].
+    list_hasher: RandomState,
 }
 
-/// Column names of one table. Checked for every field of every change, so
-/// hashed with foldhash rather than SipHash (names come from authenticated posts).
-type ColumnSet = std::collections::HashSet<String, RandomState>;
+/// Column names of one table, hashed with foldhash rather than SipHash (names
+/// come from authenticated posts).
+type ColumnSet = HashSet<String, RandomState>;
+
+/// What is known of one mirror table.
+#[derive(Debug, Default)]
+struct KnownTable {
+    /// Its columns.
+    columns: ColumnSet,
+    /// Hashes of column lists already checked against `columns`: Aljex sends
+    /// the same list for every change of a table, so the steady state checks
+    /// one hash instead of every name. Were two lists to collide, the missing
+    /// column would fail the statement, and the caller's schema-drift retry
+    /// ([`Mirror::forget`]) checks again name by name.
+    verified: HashSet<u64, RandomState>,
+}
+
+/// Most column-list hashes kept per table (Aljex sends a handful of lists per table).
+const VERIFIED_LISTS_CAPACITY: usize = 256;
 
 /// Most distinct upsert statements kept (tables x column sets seen).
 const STATEMENT_CACHE_CAPACITY: usize = 512;
@@ -68,6 +87,7 @@ impl Mirror {
             schema: schema.into(),
             known_columns: RwLock::new(HashMap::new()),
             statements: RwLock::new(HashMap::default()),
+            list_hasher: RandomState::default(),
         }
     }
 
@@ -135,24 +155,52 @@ impl Mirror {
         pool: &PgPool,
         table: &str,
         spec: &TableSpec,
-        columns: impl IntoIterator<Item = &'a str>,
+        columns: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Result<(), MirrorError> {
-        let (cached, missing): (bool, Vec<&str>) = match self.read_cache().get(table) {
-            Some(known) => (
-                true,
+        let list = self.list_hash(columns.clone());
+        let missing: Option<Vec<&str>> = match self.read_cache().get(table) {
+            Some(known) if known.verified.contains(&list) => return Ok(()),
+            Some(known) => Some(
                 columns
+                    .clone()
                     .into_iter()
-                    .filter(|c| !known.contains(*c))
+                    .filter(|c| !known.columns.contains(*c))
                     .collect(),
             ),
-            None => (false, columns.into_iter().collect()),
+            None => None,
         };
-        if cached && missing.is_empty() {
-            return Ok(());
+        let mut cache = match missing {
+            Some(missing) if missing.is_empty() => self.write_cache(),
+            missing => {
+                let missing = missing.unwrap_or_else(|| columns.into_iter().collect());
+                let existing = self.create_or_extend(pool, table, spec, &missing).await?;
+                let mut cache = self.write_cache();
+                cache.insert(
+                    table.to_string(),
+                    KnownTable {
+                        columns: existing,
+                        verified: HashSet::default(),
+                    },
+                );
+                cache
+            }
+        };
+        if let Some(known) = cache.get_mut(table) {
+            if known.verified.len() >= VERIFIED_LISTS_CAPACITY {
+                known.verified.clear();
+            }
+            known.verified.insert(list);
         }
-        let existing = self.create_or_extend(pool, table, spec, &missing).await?;
-        self.write_cache().insert(table.to_string(), existing);
         Ok(())
+    }
+
+    /// A hash of a column list, in order.
+    fn list_hash<'a>(&self, columns: impl IntoIterator<Item = &'a str>) -> u64 {
+        let mut hasher = self.list_hasher.build_hasher();
+        for column in columns {
+            column.hash(&mut hasher);
+        }
+        hasher.finish()
     }
 
     async fn create_or_extend(
@@ -226,11 +274,11 @@ impl Mirror {
         Ok(existing)
     }
 
-    fn read_cache(&self) -> RwLockReadGuard<'_, HashMap<String, ColumnSet>> {
+    fn read_cache(&self) -> RwLockReadGuard<'_, HashMap<String, KnownTable>> {
         read(&self.known_columns)
     }
 
-    fn write_cache(&self) -> RwLockWriteGuard<'_, HashMap<String, ColumnSet>> {
+    fn write_cache(&self) -> RwLockWriteGuard<'_, HashMap<String, KnownTable>> {
         write(&self.known_columns)
     }
 }

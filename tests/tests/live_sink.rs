@@ -344,6 +344,49 @@ async fn a_new_field_adds_a_column_and_missing_fields_keep_their_values() {
 }
 
 #[tokio::test]
+async fn a_mirror_table_changed_behind_the_sinks_back_is_repaired() {
+    let url = database_url();
+    let sink = SinkProcess::start(&url, &[]).await.unwrap();
+    let db = pool(&url).await;
+    let mut client = sink.client().await;
+    let s = &sink.schema;
+    let post = |id: &str, city: &str| {
+        format!("web_sync_table_name=carriers&web_sync_action=update&id={id}&city={city}&state=GA")
+    };
+
+    // Twice, so the column list is known and verified in the sink's cache.
+    apply_form(&mut client, &post("C1", "Atlanta")).await;
+    apply_form(&mut client, &post("C2", "Macon")).await;
+    sqlx::query(&format!("ALTER TABLE {s}.carriers DROP COLUMN city"))
+        .execute(&db)
+        .await
+        .unwrap();
+    let reply = apply_form(&mut client, &post("C3", "Athens")).await;
+    assert_eq!(outcome(&reply), Outcome::Applied);
+    assert_eq!(
+        text(
+            &db,
+            &format!("SELECT city FROM {s}.carriers WHERE id = 'C3'")
+        )
+        .await,
+        Some("Athens".to_string()),
+        "the dropped column is added again"
+    );
+
+    sqlx::query(&format!("DROP TABLE {s}.carriers"))
+        .execute(&db)
+        .await
+        .unwrap();
+    let reply = apply_form(&mut client, &post("C4", "Rome")).await;
+    assert_eq!(outcome(&reply), Outcome::Applied);
+    assert_eq!(
+        count(&db, &format!("SELECT count(*) FROM {s}.carriers")).await,
+        1,
+        "the dropped table is created again"
+    );
+}
+
+#[tokio::test]
 async fn the_wide_load_fixture_lands_with_every_field() {
     let url = database_url();
     let sink = SinkProcess::start(&url, &[]).await.unwrap();

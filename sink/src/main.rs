@@ -18,6 +18,13 @@ struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, global = true, env = "ALJEX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Threads running the async work (gRPC, PostgreSQL I/O). One is the default: the
+    /// sink's share of a change is a fraction of PostgreSQL's, CSV parsing runs on
+    /// separate blocking threads, and one event loop saves cross-thread wake-ups
+    /// (BENCHMARKS.md). Raise it if the sink keeps a core busy.
+    #[arg(long, global = true, env = "ALJEX_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,15 +41,23 @@ enum Command {
     HashPassword,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let result = match cli.command {
-        Command::Serve(args) => serve::serve(args).await.map(|()| 0),
-        Command::Send(args) => send::send(args).await,
-        Command::Ingest(args) => ingest::cli::run(args).await,
-        Command::HashPassword => hash_password::hash_password().map(|()| 0),
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.worker_threads))
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(async {
+            match cli.command {
+                Command::Serve(args) => serve::serve(args).await.map(|()| 0),
+                Command::Send(args) => send::send(args).await,
+                Command::Ingest(args) => ingest::cli::run(args).await,
+                Command::HashPassword => hash_password::hash_password().map(|()| 0),
+            }
+        }),
+        Err(err) => Err(anyhow::Error::new(err).context("cannot start the async runtime")),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

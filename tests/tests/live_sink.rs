@@ -647,6 +647,19 @@ async fn a_bad_tables_config_stops_start_up_naming_the_key() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn a_bad_worker_thread_count_stops_start_up_naming_the_flag() {
+    let output = std::process::Command::new(aljex_tests::binary("aljex-sink"))
+        .args(["serve", "--metrics-listen", "off"])
+        .env("DATABASE_URL", database_url())
+        .env("ALJEX_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+}
+
 #[tokio::test]
 async fn postgres_stopped_mid_run_gives_unavailable_and_loses_nothing_acknowledged() {
     let cluster = PrivateCluster::start().unwrap();

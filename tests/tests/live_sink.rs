@@ -45,6 +45,10 @@ async fn text(db: &PgPool, sql: &str) -> Option<String> {
         .flatten()
 }
 
+async fn execute(db: &PgPool, sql: &str) {
+    sqlx::query(sql).execute(db).await.expect(sql);
+}
+
 async fn count(db: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(db)
@@ -357,10 +361,7 @@ async fn a_mirror_table_changed_behind_the_sinks_back_is_repaired() {
     // Twice, so the column list is known and verified in the sink's cache.
     apply_form(&mut client, &post("C1", "Atlanta")).await;
     apply_form(&mut client, &post("C2", "Macon")).await;
-    sqlx::query(&format!("ALTER TABLE {s}.carriers DROP COLUMN city"))
-        .execute(&db)
-        .await
-        .unwrap();
+    execute(&db, &format!("ALTER TABLE {s}.carriers DROP COLUMN city")).await;
     let reply = apply_form(&mut client, &post("C3", "Athens")).await;
     assert_eq!(outcome(&reply), Outcome::Applied);
     assert_eq!(
@@ -373,10 +374,7 @@ async fn a_mirror_table_changed_behind_the_sinks_back_is_repaired() {
         "the dropped column is added again"
     );
 
-    sqlx::query(&format!("DROP TABLE {s}.carriers"))
-        .execute(&db)
-        .await
-        .unwrap();
+    execute(&db, &format!("DROP TABLE {s}.carriers")).await;
     let reply = apply_form(&mut client, &post("C4", "Rome")).await;
     assert_eq!(outcome(&reply), Outcome::Applied);
     assert_eq!(

@@ -99,15 +99,21 @@ impl Sequence {
 }
 
 impl<'a> Pairs<'a> {
-    /// The component at `start..end` of the body, decoded.
+    /// The component at `start..end` of the body, decoded. Without `+` or `%`
+    /// (`escaped` false) UTF-8 text is borrowed; anything else is decoded.
     fn component(&self, start: usize, end: usize, escaped: bool) -> (Cow<'a, str>, bool) {
+        let raw = self.body.get(start..end).unwrap_or_default();
         if !escaped {
-            if let Some(text) = self.text.and_then(|text| text.get(start..end)) {
+            let text = match self.text {
+                Some(text) => text.get(start..end),
+                None => std::str::from_utf8(raw).ok(),
+            };
+            if let Some(text) = text {
                 return (Cow::Borrowed(text), false);
             }
         }
-        let raw = self.body.get(start..end).unwrap_or_default();
-        decode_component(raw, self.fallback)
+        let (text, used_fallback) = decode_component(raw, self.fallback);
+        (Cow::Owned(text), used_fallback)
     }
 }
 
@@ -139,15 +145,9 @@ impl<'a> Iterator for Pairs<'a> {
     }
 }
 
-/// `+` to space, percent-decoding, then UTF-8 or the fallback charset.
-///
-/// Plain UTF-8 text (no `+`, no `%`) is borrowed; otherwise one allocation.
-fn decode_component<'a>(raw: &'a [u8], fallback: &'static Encoding) -> (Cow<'a, str>, bool) {
-    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
-        if let Ok(text) = std::str::from_utf8(raw) {
-            return (Cow::Borrowed(text), false);
-        }
-    }
+/// `+` to space, percent-decoding, then UTF-8 or the fallback charset (the
+/// flag says it was used).
+fn decode_component(raw: &[u8], fallback: &'static Encoding) -> (String, bool) {
     let mut bytes = Vec::with_capacity(raw.len());
     // `+` is replaced before percent-decoding (so `%2B` stays a plus); no
     // percent sequence contains `+`, so decoding the pieces between pluses is the same.
@@ -162,10 +162,10 @@ fn decode_component<'a>(raw: &'a [u8], fallback: &'static Encoding) -> (Cow<'a, 
         }
     }
     match String::from_utf8(bytes) {
-        Ok(text) => (Cow::Owned(text), false),
+        Ok(text) => (text, false),
         Err(err) => {
             let (text, _, _) = fallback.decode(err.as_bytes());
-            (Cow::Owned(text.into_owned()), true)
+            (text.into_owned(), true)
         }
     }
 }

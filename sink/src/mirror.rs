@@ -158,6 +158,7 @@ impl Mirror {
         columns: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Result<(), MirrorError> {
         let list = self.list_hash(columns.clone());
+        // None: the table is not known yet, so every column counts as missing.
         let missing: Option<Vec<&str>> = match self.read_cache().get(table) {
             Some(known) if known.verified.contains(&list) => return Ok(()),
             Some(known) => Some(
@@ -169,23 +170,16 @@ impl Mirror {
             ),
             None => None,
         };
-        let mut cache = match missing {
-            Some(missing) if missing.is_empty() => self.write_cache(),
-            missing => {
-                let missing = missing.unwrap_or_else(|| columns.into_iter().collect());
-                let existing = self.create_or_extend(pool, table, spec, &missing).await?;
-                let mut cache = self.write_cache();
-                cache.insert(
-                    table.to_string(),
-                    KnownTable {
-                        columns: existing,
-                        verified: HashSet::default(),
-                    },
-                );
-                cache
-            }
-        };
-        if let Some(known) = cache.get_mut(table) {
+        if missing.as_ref().is_none_or(|missing| !missing.is_empty()) {
+            let missing = missing.unwrap_or_else(|| columns.into_iter().collect());
+            let columns = self.create_or_extend(pool, table, spec, &missing).await?;
+            let known = KnownTable {
+                columns,
+                verified: HashSet::default(),
+            };
+            self.write_cache().insert(table.to_string(), known);
+        }
+        if let Some(known) = self.write_cache().get_mut(table) {
             if known.verified.len() >= VERIFIED_LISTS_CAPACITY {
                 known.verified.clear();
             }

@@ -50,27 +50,21 @@ impl WarmConnections {
     /// A connection: the most recently used warm one, else one from the pool.
     pub async fn lease(&self) -> Result<Lease<'_>, sqlx::Error> {
         let max_lifetime = self.pool.options().get_max_lifetime();
-        loop {
-            let warm = self.idle().pop();
-            match warm {
+        let warm = loop {
+            let next = self.idle().pop();
+            match next {
                 // Past the pool's lifetime: the pool closes it when it gets it back.
-                Some(warm) if max_lifetime.is_some_and(|max| warm.taken.elapsed() > max) => {
-                    drop(warm);
-                }
-                Some(warm) => {
-                    return Ok(Lease {
-                        connection: Some(warm.connection),
-                        taken: warm.taken,
-                        home: self,
-                        healthy: false,
-                    })
-                }
-                None => break,
+                Some(warm) if max_lifetime.is_some_and(|max| warm.taken.elapsed() > max) => {}
+                other => break other,
             }
-        }
+        };
+        let (connection, taken) = match warm {
+            Some(warm) => (warm.connection, warm.taken),
+            None => (self.pool.acquire().await?, Instant::now()),
+        };
         Ok(Lease {
-            connection: Some(self.pool.acquire().await?),
-            taken: Instant::now(),
+            connection: Some(connection),
+            taken,
             home: self,
             healthy: false,
         })

@@ -45,6 +45,20 @@ pub fn database_url() -> String {
     )
 }
 
+/// `aljex-sink` with what every test gives it: the database, quiet logs, and a
+/// 30 s wait for a database connection. The suite runs several sinks, sshd and
+/// PostgreSQL at once on two cores with debug builds, where opening a connection
+/// can take longer than the 5 s default (it once failed a one-shot ingest in
+/// `.ci/run`). A `--db-acquire-timeout` flag still overrides it.
+pub fn sink_command(database_url: &str) -> Command {
+    let mut command = Command::new(binary("aljex-sink"));
+    command
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn,sqlx=error")
+        .env("ALJEX_DB_ACQUIRE_TIMEOUT", "30");
+    command
+}
+
 /// A pool on `url` for checking results.
 pub async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
@@ -115,12 +129,10 @@ impl SinkProcess {
         port: u16,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(binary("aljex-sink"))
+        let mut child = sink_command(database_url)
             .args(["serve", "--grpc-listen", &format!("127.0.0.1:{port}")])
             .args(["--schema", schema, "--metrics-listen", "off"])
             .args(extra_args)
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn,sqlx=error")
             .stdin(Stdio::null())
             .spawn()
             .context("spawn aljex-sink")?;

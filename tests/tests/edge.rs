@@ -401,11 +401,7 @@ async fn sink_down_gives_503_and_envoy_recovers_when_it_returns() {
 async fn two_hundred_parallel_posts_are_all_applied() {
     // Generous deadlines: the test suite runs many stacks at once on two cores
     // (debug builds); the point here is that every one of the 200 lands.
-    let stack = Stack::start_with(
-        r#","sink_timeout_ms":30000"#,
-        &["--db-acquire-timeout", "30"],
-    )
-    .await;
+    let stack = Stack::start_with(r#","sink_timeout_ms":30000"#, &[]).await;
     let template = String::from_utf8(fixture("live/06-load-update-wide.form")).unwrap();
     let mut tasks = Vec::new();
     for i in 0..200 {

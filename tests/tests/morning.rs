@@ -9,7 +9,8 @@ use std::{
 };
 
 use aljex_tests::{
-    binary, database_url, fixture, fixtures, pool, sftp::SftpServer, unique_schema, SinkProcess,
+    database_url, fixture, fixtures, pool, sftp::SftpServer, sink_command, unique_schema,
+    SinkProcess,
 };
 use sqlx::{PgPool, Row};
 
@@ -22,12 +23,10 @@ fn scratch() -> PathBuf {
 
 /// Runs `aljex-sink ingest` into `schema`; returns (success, stdout+stderr).
 fn ingest(schema: &str, files: &[&Path], extra: &[&str]) -> (bool, String) {
-    let output = Command::new(binary("aljex-sink"))
+    let output = sink_command(&database_url())
         .args(["ingest", "--schema", schema])
         .args(extra)
         .args(files)
-        .env("DATABASE_URL", database_url())
-        .env("RUST_LOG", "warn,sqlx=error")
         .output()
         .unwrap();
     let text = format!(
